@@ -1,0 +1,31 @@
+"""torchtpu: PyTorch on any XLA device (TPU, GPU, CPU) with no code changes.
+
+    model = torch.compile(model, backend="tpu")
+
+The ``tpu`` backend is registered through an entry point, so the line above
+needs no ``import torchtpu``. Import it for the rest of the public surface:
+options, metrics and reports.
+"""
+
+from torchtpu.capture import tpu_backend
+from torchtpu.config import Options, options, set_options
+from torchtpu.errors import LoweringUnsupported, TorchTPUError, UnsupportedOpError
+from torchtpu.metrics import metrics, report, reset_metrics
+from torchtpu.run.executor import clear_program_cache, compile_log
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LoweringUnsupported",
+    "Options",
+    "TorchTPUError",
+    "UnsupportedOpError",
+    "clear_program_cache",
+    "compile_log",
+    "metrics",
+    "options",
+    "report",
+    "reset_metrics",
+    "set_options",
+    "tpu_backend",
+]

@@ -1,0 +1,71 @@
+"""Every switch torchtpu reads, in one place.
+
+Each option has an environment variable (read once, at import) and can be
+changed at run time with :func:`set_options`. ``docs/debugging.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _default_cache_dir() -> str:
+    if "TORCHTPU_CACHE_DIR" in os.environ:
+        return os.environ["TORCHTPU_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "torchtpu" / "xla")
+
+
+@dataclasses.dataclass
+class Options:
+    """torchtpu's run-time options.
+
+    platform: ``"cpu"``, ``"gpu"`` or ``"tpu"``; ``None`` picks JAX's default
+        device (TPU, else GPU, else CPU). Env: ``TORCHTPU_PLATFORM``.
+    strict: turn every eager fallback into an error. Env: ``TORCHTPU_STRICT``.
+    cache_dir: JAX persistent compilation cache; ``""`` disables it.
+        Env: ``TORCHTPU_CACHE_DIR`` (default ``~/.cache/torchtpu/xla``).
+    debug: record where each compile came from. Env: ``TORCHTPU_DEBUG``.
+    """
+
+    platform: str | None = dataclasses.field(
+        default_factory=lambda: os.environ.get("TORCHTPU_PLATFORM") or None
+    )
+    strict: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_STRICT"))
+    cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
+    debug: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_DEBUG"))
+
+
+_OPTIONS = Options()
+_PLATFORMS = {"cpu", "gpu", "tpu", "cuda", "rocm"}
+
+
+def options() -> Options:
+    """The options in force. Example: ``torchtpu.options().strict``."""
+    return _OPTIONS
+
+
+def set_options(**changes: object) -> Options:
+    """Change options at run time and return the new set.
+
+    Example::
+
+        import torchtpu
+        torchtpu.set_options(strict=True)
+    """
+    for name, value in changes.items():
+        if not hasattr(_OPTIONS, name):
+            valid = ", ".join(f.name for f in dataclasses.fields(Options))
+            raise TypeError(f"torchtpu.set_options: unknown option {name!r}; valid: {valid}")
+        if name == "platform" and value is not None and value not in _PLATFORMS:
+            raise ValueError(
+                f"torchtpu.set_options: platform={value!r} is not one of {sorted(_PLATFORMS)}"
+            )
+        setattr(_OPTIONS, name, value)
+    return _OPTIONS

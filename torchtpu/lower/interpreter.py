@@ -1,0 +1,149 @@
+"""Evaluate FX nodes of ATen ops with JAX: the heart of the lowering stage.
+
+``run_nodes`` walks nodes in order, looks each op up in the registry, applies
+the registered policy (type promotion, RNG key) and the node's recorded output
+dtype, and leaves JAX values in ``env``. It is called while ``jax.jit`` traces,
+so its cost is paid once per compile, never per step.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import torch
+import torch.fx
+
+from torchtpu.errors import LoweringUnsupported, unsupported_message
+from torchtpu.lower.dtypes import is_array, promoted_dtypes, to_jax_dtype
+from torchtpu.lower.registry import Lowering, lookup
+
+
+class NoLowering(LoweringUnsupported):
+    """The node's op has no lowering, or its lowering refused these arguments."""
+
+    def __init__(self, node: torch.fx.Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class RngStream:
+    """Hands each random op its own key, folded from the program's key input."""
+
+    def __init__(self, key: jax.Array | None) -> None:
+        self._key = key
+        self._count = 0
+
+    def next(self) -> jax.Array:
+        if self._key is None:
+            raise LoweringUnsupported("random op in a program compiled without an RNG key")
+        self._count += 1
+        return jax.random.fold_in(self._key, self._count)
+
+
+def is_lowerable(node: torch.fx.Node) -> bool:
+    if node.op != "call_function":
+        return True
+    if node.target is operator.getitem:
+        return True
+    return lookup(node.target) is not None
+
+
+def needs_rng(nodes: Iterable[torch.fx.Node]) -> bool:
+    for node in nodes:
+        if node.op == "call_function" and node.target is not operator.getitem:
+            lowering = lookup(node.target)
+            if lowering is not None and lowering.rng:
+                return True
+    return False
+
+
+def map_args(value: Any, env: dict[torch.fx.Node, Any]) -> Any:
+    if isinstance(value, torch.fx.Node):
+        return env[value]
+    if isinstance(value, (list, tuple)):
+        return (
+            type(value)(map_args(v, env) for v in value)
+            if isinstance(value, tuple)
+            else [map_args(v, env) for v in value]
+        )
+    if isinstance(value, dict):
+        return {k: map_args(v, env) for k, v in value.items()}
+    return value
+
+
+def run_nodes(
+    nodes: Iterable[torch.fx.Node], env: dict[torch.fx.Node, Any], rng: RngStream
+) -> None:
+    """Evaluate ``nodes`` (no placeholders or output) into ``env`` with JAX."""
+    for node in nodes:
+        if node.op == "call_function":
+            env[node] = _call(node, env, rng)
+        elif node.op == "get_attr":
+            env[node] = _constant(node)
+        else:
+            raise AssertionError(f"run_nodes got a {node.op} node: {node.format_node()}")
+
+
+def _constant(node: torch.fx.Node) -> Any:
+    value = node.graph.owning_module
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    if isinstance(value, torch.Tensor):
+        return to_jax_constant(value)
+    return value
+
+
+def to_jax_constant(t: torch.Tensor) -> jax.Array:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return jnp.asarray(t.view(torch.int16).numpy()).view(jnp.bfloat16)
+    return jnp.asarray(t.numpy())
+
+
+def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) -> Any:
+    args = map_args(node.args, env)
+    kwargs = map_args(node.kwargs, env)
+    if node.target is operator.getitem:
+        return operator.getitem(*args)
+    lowering = lookup(node.target)
+    if lowering is None:
+        raise NoLowering(node, unsupported_message(node.target, args, kwargs, "no lowering"))
+    try:
+        out = apply(lowering, args, kwargs, rng)
+    except LoweringUnsupported as exc:
+        raise NoLowering(node, unsupported_message(node.target, args, kwargs, str(exc))) from exc
+    return _match_meta(out, node.meta.get("val"))
+
+
+def apply(lowering: Lowering, args: tuple, kwargs: dict, rng: RngStream) -> Any:
+    """Run one lowering with its registered policy."""
+    result_dtype = None
+    if lowering.promote is not None:
+        positions = lowering.promote_args or range(len(args))
+        taking_part = [args[i] for i in positions if i < len(args) and args[i] is not None]
+        compute, result_dtype = promoted_dtypes(taking_part, lowering.promote)
+        compute_jax = to_jax_dtype(compute)
+        args = tuple(
+            a.astype(compute_jax) if i in positions and is_array(a) else a
+            for i, a in enumerate(args)
+        )
+    if lowering.rng:
+        kwargs = {**kwargs, "key": rng.next()}
+    out = lowering.fn(*args, **kwargs)
+    if result_dtype is not None and is_array(out):
+        out = out.astype(to_jax_dtype(result_dtype))
+    return out
+
+
+def _match_meta(out: Any, meta: Any) -> Any:
+    """Cast to the dtype PyTorch recorded for this node, so results match eager's."""
+    if isinstance(meta, torch.Tensor) and is_array(out):
+        want = to_jax_dtype(meta.dtype)
+        return out if out.dtype == want else out.astype(want)
+    if isinstance(meta, (list, tuple)) and isinstance(out, (list, tuple)):
+        return type(out)(_match_meta(o, m) for o, m in zip(out, meta, strict=False))
+    return out

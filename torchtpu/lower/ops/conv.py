@@ -1,0 +1,286 @@
+"""Convolution and pooling, with their backwards."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from torchtpu.lower.ops._util import accum_dtype, aten
+from torchtpu.lower.registry import register
+
+_SPATIAL = {1: "H", 2: "HW", 3: "DHW"}
+
+
+def _dims(n):
+    s = _SPATIAL[n]
+    return ("NC" + s, "OI" + s, "NC" + s)
+
+
+def _expand(value, n):
+    value = list(value)
+    return value * n if len(value) == 1 else value
+
+
+def _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    n = x.ndim - 2
+    unbatched = n == 0 or w.ndim - 2 != n
+    if unbatched:  # conv1d/2d on an input without a batch dimension
+        x = x[None]
+        n = x.ndim - 2
+    stride, padding = _expand(stride, n), _expand(padding, n)
+    dilation, output_padding = _expand(dilation, n), _expand(output_padding, n)
+    precision = lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    if not transposed:
+        out = lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=stride,
+            padding=[(p, p) for p in padding],
+            rhs_dilation=dilation,
+            dimension_numbers=_dims(n),
+            feature_group_count=groups,
+            precision=precision,
+        )
+    else:
+        cin, cout_g, *k = w.shape
+        w = w.reshape(groups, cin // groups, cout_g, *k)
+        w = jnp.swapaxes(w, 1, 2).reshape(groups * cout_g, cin // groups, *k)
+        w = jnp.flip(w, axis=tuple(range(2, 2 + n)))
+        pads = [
+            (d * (kk - 1) - p, d * (kk - 1) - p + op)
+            for d, kk, p, op in zip(dilation, k, padding, output_padding, strict=True)
+        ]
+        out = lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=[1] * n,
+            padding=pads,
+            lhs_dilation=stride,
+            rhs_dilation=dilation,
+            dimension_numbers=_dims(n),
+            feature_group_count=groups,
+            precision=precision,
+        )
+    if bias is not None:
+        out = out + bias.reshape((1, -1) + (1,) * n)
+    return out[0] if unbatched else out
+
+
+@register(aten.convolution.default)
+def convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    return _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, groups)
+
+
+@register(aten.convolution_backward.default)
+def convolution_backward(
+    grad,
+    x,
+    w,
+    bias_sizes,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+):
+    def f(x_, w_):
+        return _conv(x_, w_, None, stride, padding, dilation, transposed, output_padding, groups)
+
+    _, vjp = jax.vjp(f, x, w)
+    dx, dw = vjp(grad.astype(x.dtype))
+    axes = (0,) + tuple(range(2, grad.ndim))
+    db = jnp.sum(grad.astype(accum_dtype(grad)), axis=axes).astype(grad.dtype)
+    return (
+        dx if output_mask[0] else None,
+        dw if output_mask[1] else None,
+        db if output_mask[2] else None,
+    )
+
+
+# --- pooling ---------------------------------------------------------------------------
+
+
+def _pool_geometry(in_size, kernel, stride, padding, dilation, ceil_mode):
+    """Output size and the extra high-side padding PyTorch's ceil_mode implies."""
+    eff = dilation * (kernel - 1) + 1
+    span = in_size + 2 * padding - eff
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= in_size + padding:
+        out -= 1
+    extra = max((out - 1) * stride + eff - (in_size + 2 * padding), 0)
+    return out, extra
+
+
+def _pool_args(x, kernel, stride, padding, dilation, ceil_mode):
+    n = len(kernel)
+    stride = list(stride) or list(kernel)
+    stride, padding, dilation = _expand(stride, n), _expand(padding, n), _expand(dilation, n)
+    kernel = _expand(kernel, n)
+    spatial = x.shape[-n:]
+    geo = [
+        _pool_geometry(s, k, st, p, d, ceil_mode)
+        for s, k, st, p, d in zip(spatial, kernel, stride, padding, dilation, strict=True)
+    ]
+    lead = x.ndim - n
+    window = (1,) * lead + tuple(kernel)
+    strides = (1,) * lead + tuple(stride)
+    dil = (1,) * lead + tuple(dilation)
+    pads = ((0, 0),) * lead + tuple((p, p + e) for p, (_, e) in zip(padding, geo, strict=True))
+    return window, strides, dil, pads
+
+
+def _max_pool_with_indices(x, kernel, stride, padding, dilation, ceil_mode):
+    window, strides, dil, pads = _pool_args(x, kernel, stride, padding, dilation, ceil_mode)
+    n = len(kernel)
+    plane = math.prod(x.shape[-n:])
+    flat = jnp.broadcast_to(jnp.arange(plane, dtype=jnp.int64).reshape(x.shape[-n:]), x.shape)
+    low = jnp.array(
+        -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min, x.dtype
+    )
+
+    def pick(a, b):
+        (va, ia), (vb, ib) = a, b
+        take_b = (vb > va) | ((vb == va) & (ib < ia))
+        if jnp.issubdtype(va.dtype, jnp.floating):
+            take_b = take_b | (jnp.isnan(vb) & ~jnp.isnan(va))
+        return jnp.where(take_b, vb, va), jnp.where(take_b, ib, ia)
+
+    values, indices = lax.reduce_window(
+        (x, flat),
+        (low, jnp.array(np.iinfo(np.int64).max, jnp.int64)),
+        pick,
+        window,
+        strides,
+        pads,
+        window_dilation=dil,
+    )
+    return values, indices
+
+
+@register(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default)
+def max_pool_with_indices(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    kernel = list(kernel_size)
+    n = 3 if len(kernel) == 3 or x.ndim == 5 else 2
+    kernel = _expand(kernel, n)
+    return _max_pool_with_indices(
+        x,
+        kernel,
+        stride,
+        _expand([padding] if isinstance(padding, int) else padding, n),
+        _expand([dilation] if isinstance(dilation, int) else dilation, n),
+        ceil_mode,
+    )
+
+
+@register(
+    aten.max_pool2d_with_indices_backward.default, aten.max_pool3d_with_indices_backward.default
+)
+def max_pool_backward(grad, x, kernel_size, stride, padding, dilation, ceil_mode, indices):
+    n = len(_expand(kernel_size, 3 if x.ndim == 5 else 2))
+    lead = x.shape[:-n]
+    plane = math.prod(x.shape[-n:])
+    g = grad.reshape(*lead, -1)
+    idx = indices.reshape(*lead, -1)
+    out = jnp.zeros((*lead, plane), jnp.float32)
+    batch = tuple(jnp.meshgrid(*[jnp.arange(s) for s in lead], indexing="ij", sparse=True))
+    batch = tuple(b[..., None] for b in batch)
+    out = out.at[(*batch, idx)].add(g.astype(jnp.float32))
+    return out.reshape(x.shape).astype(grad.dtype)
+
+
+def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    n = len(kernel)
+    window, strides, dil, pads = _pool_args(x, kernel, stride, padding, [1] * n, ceil_mode)
+    acc = accum_dtype(x)
+    total = lax.reduce_window(x.astype(acc), jnp.array(0, acc), lax.add, window, strides, pads)
+    if divisor_override:
+        return (total / divisor_override).astype(x.dtype)
+    if count_include_pad:
+        # Padding counts, but the ceil_mode overhang beyond it does not.
+        ones = jnp.ones(x.shape[-n:], acc)
+        sym = [(0, 0)] * (len(pads) - n) + [(p, p) for p in _expand(padding, n)]
+        ones = jnp.pad(ones, sym[-n:], constant_values=1)
+        extra = [(0, hi - lo) for lo, hi in pads[-n:]]
+        count = lax.reduce_window(
+            ones, jnp.array(0, acc), lax.add, window[-n:], strides[-n:], extra
+        )
+    else:
+        count = lax.reduce_window(
+            jnp.ones(x.shape[-n:], acc),
+            jnp.array(0, acc),
+            lax.add,
+            window[-n:],
+            strides[-n:],
+            pads[-n:],
+        )
+    return (total / count).astype(x.dtype)
+
+
+@register(aten.avg_pool2d.default, aten.avg_pool3d.default)
+def avg_pool(
+    x,
+    kernel_size,
+    stride=(),
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    n = 3 if x.ndim == 5 and len(kernel_size) != 2 else 2
+    kernel = _expand(kernel_size, n)
+    padding = _expand([padding] if isinstance(padding, int) else padding, n)
+    return _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+@register(aten.avg_pool2d_backward.default, aten.avg_pool3d_backward.default)
+def avg_pool_backward(
+    grad, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+):
+    _, vjp = jax.vjp(
+        lambda x_: avg_pool(
+            x_, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        ),
+        x,
+    )
+    return vjp(grad)[0]
+
+
+@register(aten._adaptive_avg_pool2d.default)
+def adaptive_avg_pool2d(x, output_size):
+    h, w = x.shape[-2:]
+    oh, ow = output_size
+    if h % oh == 0 and w % ow == 0:
+        shaped = x.reshape(*x.shape[:-2], oh, h // oh, ow, w // ow).astype(accum_dtype(x))
+        return jnp.mean(shaped, axis=(-3, -1)).astype(x.dtype)
+    rows = [_adaptive_range(i, h, oh) for i in range(oh)]
+    cols = [_adaptive_range(j, w, ow) for j in range(ow)]
+    out = jnp.stack(
+        [
+            jnp.stack(
+                [
+                    jnp.mean(x[..., r0:r1, c0:c1].astype(accum_dtype(x)), axis=(-2, -1))
+                    for c0, c1 in cols
+                ],
+                axis=-1,
+            )
+            for r0, r1 in rows
+        ],
+        axis=-2,
+    )
+    return out.astype(x.dtype)
+
+
+def _adaptive_range(i, size, out):
+    return (i * size) // out, -(-((i + 1) * size) // out)
+
+
+@register(aten._adaptive_avg_pool2d_backward.default)
+def adaptive_avg_pool2d_backward(grad, x):
+    _, vjp = jax.vjp(lambda x_: adaptive_avg_pool2d(x_, grad.shape[-2:]), x)
+    return vjp(grad)[0]

@@ -1,0 +1,221 @@
+"""Gather, scatter, advanced indexing, embedding, sort and top-k."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from torchtpu.errors import LoweringUnsupported
+from torchtpu.lower.ops._util import aten, canon_dim
+from torchtpu.lower.registry import register
+
+
+def _wrap(index, n):
+    """PyTorch accepts negative indices; XLA's gather would clamp them."""
+    return jnp.where(index < 0, index + n, index)
+
+
+def _along(x, dim, index):
+    """Full index tuple addressing ``x`` at ``index`` along ``dim`` (gather/scatter)."""
+    axis = canon_dim(dim, x.ndim)
+    if x.ndim == 0:
+        return (), axis
+    grids = jnp.meshgrid(*[jnp.arange(n) for n in index.shape], indexing="ij", sparse=True)
+    grids[axis] = _wrap(index, x.shape[axis])
+    return tuple(grids), axis
+
+
+@register(aten.gather.default)
+def gather(x, dim, index, *, sparse_grad=False):
+    if x.ndim == 0:
+        return x.reshape(index.shape)
+    idx, _ = _along(x, dim, index)
+    return x[idx]
+
+
+@register(aten.index_select.default)
+def index_select(x, dim, index):
+    axis = canon_dim(dim, x.ndim)
+    if x.ndim == 0:
+        return x.reshape(index.shape)
+    return jnp.take(x, _wrap(index, x.shape[axis]), axis=axis)
+
+
+_SCATTER_MODES = {
+    None: "set",
+    "add": "add",
+    "sum": "add",
+    "multiply": "multiply",
+    "prod": "multiply",
+    "amax": "max",
+    "amin": "min",
+}
+
+
+def _scatter(x, dim, index, src, reduce=None):
+    if x.ndim == 0:
+        return jnp.asarray(src, x.dtype).reshape(()) if index.size else x
+    idx, _ = _along(x, dim, index)
+    if not hasattr(src, "shape") or src.ndim == 0:
+        values = jnp.broadcast_to(jnp.asarray(src, x.dtype), index.shape)
+    else:
+        values = src[tuple(slice(0, n) for n in index.shape)].astype(x.dtype)
+    return getattr(x.at[idx], _SCATTER_MODES[reduce])(values)
+
+
+@register(aten.scatter.src, aten.scatter.value)
+def scatter(x, dim, index, src):
+    return _scatter(x, dim, index, src)
+
+
+@register(aten.scatter.reduce, aten.scatter.value_reduce)
+def scatter_reduce_legacy(x, dim, index, src, *, reduce):
+    return _scatter(x, dim, index, src, reduce)
+
+
+@register(aten.scatter_add.default)
+def scatter_add(x, dim, index, src):
+    return _scatter(x, dim, index, src, "add")
+
+
+@register(aten.scatter_reduce.two)
+def scatter_reduce(x, dim, index, src, reduce, *, include_self=True):
+    if reduce == "mean":
+        ones = jnp.ones(index.shape, x.dtype)
+        count = _scatter(
+            jnp.full(x.shape, 1 if include_self else 0, x.dtype), dim, index, ones, "add"
+        )
+        base = x if include_self else jnp.zeros_like(x)
+        total = _scatter(base, dim, index, src, "add")
+        count = jnp.where(count == 0, 1, count)
+        out = total / count if jnp.issubdtype(x.dtype, jnp.inexact) else total // count
+        return out.astype(x.dtype)
+    if not include_self:
+        identity = {"sum": 0, "prod": 1, "amax": _lowest(x.dtype), "amin": _highest(x.dtype)}
+        touched = _scatter(jnp.zeros(x.shape, jnp.bool_), dim, index, True)
+        base = jnp.where(touched, jnp.asarray(identity[reduce], x.dtype), x)
+        return _scatter(base, dim, index, src, reduce)
+    return _scatter(x, dim, index, src, reduce)
+
+
+def _lowest(dtype):
+    return -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
+
+
+def _highest(dtype):
+    return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
+
+
+def _advanced_index(x, indices):
+    """PyTorch's ``x[indices]`` where ``None`` entries keep a dimension whole."""
+    index = []
+    for axis, ix in enumerate(indices):
+        if ix is None:
+            index.append(slice(None))
+        elif ix.dtype == jnp.bool_:
+            raise LoweringUnsupported(
+                "boolean-mask indexing has a data-dependent shape; use torch.where instead"
+            )
+        else:
+            index.append(_wrap(ix, x.shape[axis]))
+    return tuple(index)
+
+
+@register(aten.index.Tensor)
+def index(x, indices):
+    return x[_advanced_index(x, indices)]
+
+
+@register(aten.index_put.default, aten._unsafe_index_put.default)
+def index_put(x, indices, values, accumulate=False):
+    idx = _advanced_index(x, indices)
+    values = values.astype(x.dtype)
+    return x.at[idx].add(values) if accumulate else x.at[idx].set(values)
+
+
+@register(aten._unsafe_index.Tensor)
+def unsafe_index(x, indices):
+    return x[_advanced_index(x, indices)]
+
+
+@register(aten.index_add.default)
+def index_add(x, dim, index, source, *, alpha=1):
+    axis = canon_dim(dim, x.ndim)
+    idx = [slice(None)] * x.ndim
+    idx[axis] = _wrap(index, x.shape[axis])
+    src = jnp.moveaxis(source, axis, 0) if x.ndim else source
+    moved = jnp.moveaxis(x, axis, 0) if x.ndim else x
+    moved = moved.at[idx[axis]].add((src * alpha).astype(x.dtype))
+    return jnp.moveaxis(moved, 0, axis) if x.ndim else moved
+
+
+@register(aten.index_copy.default)
+def index_copy(x, dim, index, source):
+    axis = canon_dim(dim, x.ndim)
+    moved = jnp.moveaxis(x, axis, 0).at[_wrap(index, x.shape[axis])]
+    return jnp.moveaxis(moved.set(jnp.moveaxis(source, axis, 0).astype(x.dtype)), 0, axis)
+
+
+@register(aten.index_fill.int_Scalar, aten.index_fill.int_Tensor)
+def index_fill(x, dim, index, value):
+    axis = canon_dim(dim, x.ndim)
+    moved = jnp.moveaxis(x, axis, 0).at[_wrap(index, x.shape[axis])]
+    return jnp.moveaxis(moved.set(jnp.asarray(value, x.dtype)), 0, axis)
+
+
+@register(aten.embedding.default)
+def embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    return jnp.take(weight, indices, axis=0)
+
+
+@register(aten.embedding_dense_backward.default)
+def embedding_dense_backward(grad, indices, num_weights, padding_idx, scale_grad_by_freq):
+    flat_idx = indices.reshape(-1)
+    flat_grad = grad.reshape(-1, grad.shape[-1])
+    if padding_idx >= 0:
+        flat_grad = jnp.where((flat_idx == padding_idx)[:, None], 0, flat_grad)
+    if scale_grad_by_freq:
+        counts = jnp.zeros((num_weights,), grad.dtype).at[flat_idx].add(1)
+        flat_grad = flat_grad / counts[flat_idx][:, None]
+    out = jnp.zeros((num_weights, grad.shape[-1]), jnp.float32)
+    return out.at[flat_idx].add(flat_grad.astype(jnp.float32)).astype(grad.dtype)
+
+
+@register(aten.sort.default, aten.sort.stable)
+def sort(x, dim=-1, descending=False, *, stable=False):
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int64)
+    axis = canon_dim(dim, x.ndim)
+    # A stable sort, with NaN sorted as the largest value, as in PyTorch.
+    keys = -x if descending and x.dtype != jnp.bool_ else x
+    if descending and x.dtype == jnp.bool_:
+        keys = ~x
+    if descending and jnp.issubdtype(x.dtype, jnp.floating):
+        keys = jnp.where(jnp.isnan(x), -jnp.inf, keys)
+        nan_rank = jnp.where(jnp.isnan(x), 0, 1)
+        order = jnp.lexsort((keys, nan_rank), axis=axis)
+    else:
+        order = jnp.argsort(keys, axis=axis, stable=True)
+    return jnp.take_along_axis(x, order, axis=axis), order.astype(jnp.int64)
+
+
+@register(aten.topk.default)
+def topk(x, k, dim=-1, largest=True, sorted=True):
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int64)
+    axis = canon_dim(dim, x.ndim)
+    values, order = sort(x, axis, descending=largest)
+    return (lax.slice_in_dim(values, 0, k, axis=axis), lax.slice_in_dim(order, 0, k, axis=axis))
+
+
+@register(aten.argsort.default, aten.argsort.stable)
+def argsort(x, dim=-1, descending=False, *, stable=False):
+    return sort(x, dim, descending)[1]
+
+
+@register(aten.masked_scatter.default)
+def masked_scatter(x, mask, source):
+    mask = jnp.broadcast_to(mask, x.shape).reshape(-1)
+    positions = jnp.cumsum(mask) - 1
+    taken = source.reshape(-1)[jnp.clip(positions, 0, source.size - 1)]
+    return jnp.where(mask, taken.astype(x.dtype), x.reshape(-1)).reshape(x.shape)

@@ -1,0 +1,222 @@
+"""Normalisation, softmax, dropout and attention."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from torchtpu.errors import LoweringUnsupported
+from torchtpu.lower.ops._util import accum_dtype, aten, canon_dim
+from torchtpu.lower.registry import register
+
+
+def _softmax_input(x, half_to_float):
+    return x.astype(jnp.float32) if half_to_float else x.astype(accum_dtype(x))
+
+
+@register(aten._softmax.default)
+def softmax(x, dim, half_to_float=False):
+    out = jax.nn.softmax(_softmax_input(x, half_to_float), axis=canon_dim(dim, x.ndim))
+    return out if half_to_float else out.astype(x.dtype)
+
+
+@register(aten._log_softmax.default)
+def log_softmax(x, dim, half_to_float=False):
+    out = jax.nn.log_softmax(_softmax_input(x, half_to_float), axis=canon_dim(dim, x.ndim))
+    return out if half_to_float else out.astype(x.dtype)
+
+
+@register(aten._softmax_backward_data.default)
+def softmax_backward(grad, out, dim, input_dtype):
+    axis = canon_dim(dim, out.ndim)
+    g, y = grad.astype(accum_dtype(grad)), out.astype(accum_dtype(out))
+    return y * (g - jnp.sum(g * y, axis=axis, keepdims=True))
+
+
+@register(aten._log_softmax_backward_data.default)
+def log_softmax_backward(grad, out, dim, input_dtype):
+    axis = canon_dim(dim, out.ndim)
+    g, y = grad.astype(accum_dtype(grad)), out.astype(accum_dtype(out))
+    return g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True)
+
+
+@register(aten.native_layer_norm.default)
+def native_layer_norm(x, normalized_shape, weight, bias, eps):
+    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    xa = x.astype(accum_dtype(x))
+    mean = jnp.mean(xa, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(xa - mean), axis=axes, keepdims=True)
+    rstd = jax.lax.rsqrt(var + eps)
+    out = (xa - mean) * rstd
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out.astype(x.dtype), mean, rstd
+
+
+@register(aten.native_layer_norm_backward.default)
+def native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, bias, mask):
+    # Built from the saved mean and rstd, so eps need not be known here.
+    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    xa, g = x.astype(jnp.float32), grad.astype(jnp.float32)
+    xhat = (xa - mean) * rstd
+    gw = g * weight if weight is not None else g
+    n = math.prod(x.shape[a] for a in axes)
+    dx = (
+        rstd
+        / n
+        * (
+            n * gw
+            - jnp.sum(gw, axis=axes, keepdims=True)
+            - xhat * jnp.sum(gw * xhat, axis=axes, keepdims=True)
+        )
+    )
+    lead = tuple(range(x.ndim - len(normalized_shape)))
+    dw = jnp.sum(g * xhat, axis=lead) if weight is not None and mask[1] else None
+    db = jnp.sum(g, axis=lead) if bias is not None and mask[2] else None
+    return (
+        dx.astype(x.dtype) if mask[0] else None,
+        dw.astype(weight.dtype) if dw is not None else None,
+        db.astype(bias.dtype) if db is not None else None,
+    )
+
+
+def _bn_shape(x):
+    return (1, -1) + (1,) * (x.ndim - 2)
+
+
+def _bn_apply(x, mean, invstd, weight, bias):
+    out = (x.astype(accum_dtype(x)) - mean.reshape(_bn_shape(x))) * invstd.reshape(_bn_shape(x))
+    if weight is not None:
+        out = out * weight.reshape(_bn_shape(x))
+    if bias is not None:
+        out = out + bias.reshape(_bn_shape(x))
+    return out.astype(x.dtype)
+
+
+def _bn_batch_stats(x, eps):
+    axes = (0,) + tuple(range(2, x.ndim))
+    xa = x.astype(accum_dtype(x))
+    mean = jnp.mean(xa, axis=axes)
+    var = jnp.mean(jnp.square(xa - mean.reshape(_bn_shape(x))), axis=axes)
+    n = x.size // x.shape[1]
+    return mean, var, jax.lax.rsqrt(var + eps), n
+
+
+@register(aten._native_batch_norm_legit_functional.default)
+def batch_norm_functional(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    if not training:
+        out, _, _ = batch_norm_no_training(
+            x, weight, bias, running_mean, running_var, momentum, eps
+        )
+        empty = jnp.zeros((0,), jnp.float32)
+        return out, empty, empty, running_mean, running_var
+    mean, var, invstd, n = _bn_batch_stats(x, eps)
+    new_mean = (1 - momentum) * running_mean + momentum * mean.astype(running_mean.dtype)
+    unbiased = var * (n / max(n - 1, 1))
+    new_var = (1 - momentum) * running_var + momentum * unbiased.astype(running_var.dtype)
+    return _bn_apply(x, mean, invstd, weight, bias), mean, invstd, new_mean, new_var
+
+
+@register(aten._native_batch_norm_legit_no_training.default)
+def batch_norm_no_training(x, weight, bias, running_mean, running_var, momentum, eps):
+    invstd = jax.lax.rsqrt(running_var.astype(jnp.float32) + eps)
+    out = _bn_apply(x, running_mean.astype(jnp.float32), invstd, weight, bias)
+    empty = jnp.zeros((0,), jnp.float32)
+    return out, empty, empty
+
+
+@register(aten._native_batch_norm_legit.no_stats)
+def batch_norm_no_stats(x, weight, bias, training, momentum, eps):
+    mean, _, invstd, _ = _bn_batch_stats(x, eps)
+    return _bn_apply(x, mean, invstd, weight, bias), mean, invstd
+
+
+@register(aten.native_batch_norm_backward.default)
+def batch_norm_backward(
+    grad, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps, mask
+):
+    axes = (0,) + tuple(range(2, x.ndim))
+    if train:
+        mean, invstd = save_mean, save_invstd
+    else:
+        mean = running_mean.astype(jnp.float32)
+        invstd = jax.lax.rsqrt(running_var.astype(jnp.float32) + eps)
+    g, xa = grad.astype(jnp.float32), x.astype(jnp.float32)
+    xhat = (xa - mean.reshape(_bn_shape(x))) * invstd.reshape(_bn_shape(x))
+    w = jnp.ones_like(mean) if weight is None else weight.astype(jnp.float32)
+    dbias = jnp.sum(g, axis=axes)
+    dweight = jnp.sum(g * xhat, axis=axes)
+    scale = (w * invstd).reshape(_bn_shape(x))
+    if train:
+        n = x.size // x.shape[1]
+        dx = scale * (g - (dbias.reshape(_bn_shape(x)) + xhat * dweight.reshape(_bn_shape(x))) / n)
+    else:
+        dx = g * scale
+    return (
+        dx.astype(x.dtype) if mask[0] else None,
+        dweight.astype(w.dtype) if mask[1] else None,
+        dbias.astype(w.dtype) if mask[2] else None,
+    )
+
+
+@register(aten.native_dropout.default, rng=True)
+def native_dropout(x, p, train, *, key):
+    if not train or p == 0:
+        return x, jnp.ones(x.shape, jnp.bool_)
+    if p == 1:
+        return jnp.zeros_like(x), jnp.zeros(x.shape, jnp.bool_)
+    keep = jax.random.bernoulli(key, 1.0 - p, x.shape)
+    return jnp.where(keep, x * (1.0 / (1.0 - p)), 0).astype(x.dtype), keep
+
+
+@register(aten.native_dropout_backward.default)
+def native_dropout_backward(grad, mask, scale):
+    return (grad * mask * scale).astype(grad.dtype)
+
+
+def _attention(q, k, v, attn_mask, is_causal, scale):
+    """Softmax attention in float32 accumulation; the reference the backward differentiates."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if k.shape[-3] != q.shape[-3]:  # grouped-query attention: repeat key/value heads
+        rep = q.shape[-3] // k.shape[-3]
+        k, v = jnp.repeat(k, rep, axis=-3), jnp.repeat(v, rep, axis=-3)
+    acc = accum_dtype(q)
+    logits = jnp.einsum("...qd,...kd->...qk", q.astype(acc), k.astype(acc)) * scale
+    if is_causal:
+        lq, lk = q.shape[-2], k.shape[-2]
+        causal = jnp.tril(jnp.ones((lq, lk), jnp.bool_))
+        logits = jnp.where(causal, logits, -jnp.inf)
+    if attn_mask is not None:
+        if attn_mask.dtype == jnp.bool_:
+            logits = jnp.where(attn_mask, logits, -jnp.inf)
+        else:
+            logits = logits + attn_mask.astype(acc)
+    lse = jax.scipy.special.logsumexp(logits, axis=-1)
+    probs = jnp.exp(logits - lse[..., None])
+    out = jnp.einsum("...qk,...kd->...qd", probs, v.astype(acc))
+    return out.astype(q.dtype), lse
+
+
+@register(aten._scaled_dot_product_flash_attention_for_cpu.default)
+def sdpa_flash_cpu(q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+    if dropout_p > 0:
+        raise LoweringUnsupported("attention dropout inside the fused kernel")
+    return _attention(q, k, v, attn_mask, is_causal, scale)
+
+
+@register(aten._scaled_dot_product_flash_attention_for_cpu_backward.default)
+def sdpa_flash_cpu_backward(
+    grad, q, k, v, out, lse, dropout_p, is_causal, *, attn_mask=None, scale=None
+):
+    if dropout_p > 0:
+        raise LoweringUnsupported("attention dropout inside the fused kernel")
+
+    def forward(q_, k_, v_):
+        return _attention(q_, k_, v_, attn_mask, is_causal, scale)[0]
+
+    _, vjp = jax.vjp(forward, q, k, v)
+    return vjp(grad.astype(q.dtype))

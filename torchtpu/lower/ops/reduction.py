@@ -1,0 +1,224 @@
+"""Reductions and scans. Low-precision floats accumulate in float32, as in PyTorch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from torchtpu.lower.ops._util import accum_dtype, aten, canon_dim, canon_dims, is_integral, jdtype
+from torchtpu.lower.registry import register
+
+
+def _sum_dtype(x, dtype):
+    if dtype is not None:
+        return jdtype(dtype)
+    return jnp.int64 if is_integral(x) else accum_dtype(x)
+
+
+@register(aten.sum.dim_IntList, aten.sum.default)
+def sum_(x, dim=None, keepdim=False, *, dtype=None):
+    axes = canon_dims(dim, x.ndim)
+    return jnp.sum(x.astype(_sum_dtype(x, dtype)), axis=axes, keepdims=keepdim)
+
+
+@register(aten.mean.dim, aten.mean.default)
+def mean(x, dim=None, keepdim=False, *, dtype=None):
+    axes = canon_dims(dim, x.ndim)
+    return jnp.mean(x.astype(_sum_dtype(x, dtype)), axis=axes, keepdims=keepdim)
+
+
+@register(aten.prod.default, aten.prod.dim_int)
+def prod(x, dim=None, keepdim=False, *, dtype=None):
+    axes = canon_dims(dim, x.ndim)
+    return jnp.prod(x.astype(_sum_dtype(x, dtype)), axis=axes, keepdims=keepdim)
+
+
+@register(aten.amax.default)
+def amax(x, dim=(), keepdim=False):
+    return jnp.max(x, axis=canon_dims(dim, x.ndim), keepdims=keepdim)
+
+
+@register(aten.amin.default)
+def amin(x, dim=(), keepdim=False):
+    return jnp.min(x, axis=canon_dims(dim, x.ndim), keepdims=keepdim)
+
+
+@register(aten.max.default)
+def max_all(x):
+    return jnp.max(x)
+
+
+@register(aten.min.default)
+def min_all(x):
+    return jnp.min(x)
+
+
+def _arg_extreme(x, dim, keepdim, find_max):
+    if dim is None:
+        flat = x.reshape(-1)
+        idx = jnp.argmax(flat) if find_max else jnp.argmin(flat)
+        if keepdim:
+            idx = idx.reshape((1,) * x.ndim)
+        return idx
+    axis = canon_dim(dim, x.ndim)
+    if x.ndim == 0:
+        return jnp.zeros((), jnp.int64)
+    fn = jnp.argmax if find_max else jnp.argmin
+    return fn(x, axis=axis, keepdims=keepdim)
+
+
+@register(aten.argmax.default)
+def argmax(x, dim=None, keepdim=False):
+    return _arg_extreme(x, dim, keepdim, True)
+
+
+@register(aten.argmin.default)
+def argmin(x, dim=None, keepdim=False):
+    return _arg_extreme(x, dim, keepdim, False)
+
+
+@register(aten.max.dim)
+def max_dim(x, dim, keepdim=False):
+    idx = _arg_extreme(x, dim, True, True)
+    return _take_extreme(x, dim, idx, keepdim)
+
+
+@register(aten.min.dim)
+def min_dim(x, dim, keepdim=False):
+    idx = _arg_extreme(x, dim, True, False)
+    return _take_extreme(x, dim, idx, keepdim)
+
+
+def _take_extreme(x, dim, idx, keepdim):
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int64)
+    axis = canon_dim(dim, x.ndim)
+    values = jnp.take_along_axis(x, idx, axis=axis)
+    if not keepdim:
+        values, idx = jnp.squeeze(values, axis), jnp.squeeze(idx, axis)
+    return values, idx
+
+
+@register(aten.any.default, aten.any.dim, aten.any.dims)
+def any_(x, dim=None, keepdim=False):
+    return jnp.any(x != 0, axis=canon_dims(dim, x.ndim), keepdims=keepdim)
+
+
+@register(aten.all.default, aten.all.dim, aten.all.dims)
+def all_(x, dim=None, keepdim=False):
+    return jnp.all(x != 0, axis=canon_dims(dim, x.ndim), keepdims=keepdim)
+
+
+@register(aten.var.correction, aten.var.dim)
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return _var(x, dim, _correction(unbiased, correction), keepdim)
+
+
+@register(aten.std.correction, aten.std.dim)
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return jnp.sqrt(_var(x, dim, _correction(unbiased, correction), keepdim))
+
+
+@register(aten.var_mean.correction)
+def var_mean(x, dim=None, *, correction=None, keepdim=False):
+    axes = canon_dims(dim, x.ndim)
+    mean_ = jnp.mean(x.astype(accum_dtype(x)), axis=axes, keepdims=keepdim).astype(x.dtype)
+    return _var(x, dim, _correction(None, correction), keepdim), mean_
+
+
+def _correction(unbiased, correction):
+    if correction is not None:
+        return correction
+    return 1 if unbiased is None or unbiased else 0
+
+
+def _var(x, dim, correction, keepdim):
+    axes = canon_dims(dim, x.ndim)
+    xa = x.astype(accum_dtype(x))
+    n = 1
+    for a in axes:
+        n *= x.shape[a]
+    centered = xa - jnp.mean(xa, axis=axes, keepdims=True)
+    sq = jnp.real(centered * jnp.conj(centered))
+    total = jnp.sum(sq, axis=axes, keepdims=keepdim)
+    return (total / jnp.maximum(n - correction, 0)).astype(jnp.real(x).dtype)
+
+
+@register(aten.logsumexp.default)
+def logsumexp(x, dim, keepdim=False):
+    xa = x.astype(accum_dtype(x)) if not is_integral(x) else x.astype(jnp.float32)
+    out = jax.scipy.special.logsumexp(xa, axis=canon_dims(dim, x.ndim), keepdims=keepdim)
+    return out.astype(xa.dtype if is_integral(x) else x.dtype)
+
+
+@register(aten.cumsum.default)
+def cumsum(x, dim, *, dtype=None):
+    if x.ndim == 0:
+        return x.astype(_sum_dtype(x, dtype))
+    return jnp.cumsum(x.astype(_sum_dtype(x, dtype)), axis=canon_dim(dim, x.ndim))
+
+
+@register(aten.cumprod.default)
+def cumprod(x, dim, *, dtype=None):
+    if x.ndim == 0:
+        return x.astype(_sum_dtype(x, dtype))
+    return jnp.cumprod(x.astype(_sum_dtype(x, dtype)), axis=canon_dim(dim, x.ndim))
+
+
+@register(aten.logcumsumexp.default)
+def logcumsumexp(x, dim):
+    if x.ndim == 0:
+        return x
+    return lax.cumlogsumexp(x, axis=canon_dim(dim, x.ndim))
+
+
+def _cum_extreme(x, dim, find_max):
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int64)
+    axis = canon_dim(dim, x.ndim)
+    n = x.shape[axis]
+    shape = [1] * x.ndim
+    shape[axis] = n
+    idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int64).reshape(shape), x.shape)
+
+    def combine(a, b):
+        (va, ia), (vb, ib) = a, b
+        better = (vb >= va) if find_max else (vb <= va)
+        if jnp.issubdtype(va.dtype, jnp.floating):
+            better = better | jnp.isnan(vb)
+            better = better & ~(jnp.isnan(va) & ~jnp.isnan(vb))
+        return jnp.where(better, vb, va), jnp.where(better, ib, ia)
+
+    return lax.associative_scan(combine, (x, idx), axis=axis)
+
+
+@register(aten.cummax.default)
+def cummax(x, dim):
+    return _cum_extreme(x, dim, True)
+
+
+@register(aten.cummin.default)
+def cummin(x, dim):
+    return _cum_extreme(x, dim, False)
+
+
+@register(aten.linalg_vector_norm.default)
+def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        x = x.astype(jdtype(dtype))
+    xa = jnp.abs(x.astype(accum_dtype(x)))
+    axes = canon_dims(dim, x.ndim)
+    if ord == float("inf"):
+        out = jnp.max(xa, axis=axes, keepdims=keepdim)
+    elif ord == float("-inf"):
+        out = jnp.min(xa, axis=axes, keepdims=keepdim)
+    elif ord == 0:
+        out = jnp.sum((xa != 0).astype(xa.dtype), axis=axes, keepdims=keepdim)
+    elif ord == 1:
+        out = jnp.sum(xa, axis=axes, keepdims=keepdim)
+    elif ord == 2:
+        out = jnp.sqrt(jnp.sum(xa * xa, axis=axes, keepdims=keepdim))
+    else:
+        out = jnp.sum(xa**ord, axis=axes, keepdims=keepdim) ** (1.0 / ord)
+    return out.astype(jnp.real(x).dtype)

@@ -1,0 +1,99 @@
+"""Counters for what torchtpu did: compiles, cache hits, fallbacks, transfers."""
+
+from __future__ import annotations
+
+import collections
+import copy
+from typing import Any
+
+_COUNTERS: dict[str, Any] = {}
+
+
+def _fresh() -> dict[str, Any]:
+    return {
+        "compiles": 0,
+        "cache_hits": 0,
+        "compile_seconds": 0.0,
+        "trace_seconds": 0.0,
+        "fallbacks": collections.Counter(),
+        "graph_breaks": 0,
+        "graphs": 0,
+        "recompiles": 0,
+        "executions": 0,
+        "host_to_device": 0,
+        "host_to_device_bytes": 0,
+        "resident_hits": 0,
+        "device_to_host": 0,
+    }
+
+
+def reset_metrics() -> None:
+    """Zero every counter. Example: ``torchtpu.reset_metrics()``."""
+    _COUNTERS.clear()
+    _COUNTERS.update(_fresh())
+
+
+def bump(name: str, amount: float = 1) -> None:
+    _COUNTERS[name] += amount
+
+
+def count_fallback(op_name: str) -> None:
+    _COUNTERS["fallbacks"][op_name] += 1
+
+
+def metrics() -> dict[str, Any]:
+    """A snapshot of torchtpu's counters.
+
+    Keys: ``compiles`` (XLA programs built), ``cache_hits`` (programs reused
+    from the in-memory cache), ``compile_seconds``, ``trace_seconds``,
+    ``fallbacks`` (op -> eager runs), ``graph_breaks`` (Dynamo), ``graphs``
+    (FX graphs received), ``recompiles`` (new shapes for a graph already
+    compiled), ``executions``, ``host_to_device`` / ``host_to_device_bytes``
+    (tensors uploaded), ``resident_hits`` (inputs already on the device) and
+    ``device_to_host``.
+
+    Example::
+
+        import torchtpu
+        torchtpu.metrics()["compiles"]
+    """
+    snap = copy.deepcopy(_COUNTERS)
+    snap["fallbacks"] = dict(snap["fallbacks"])
+    snap["graph_breaks"] = _dynamo_graph_breaks()
+    return snap
+
+
+def _dynamo_graph_breaks() -> int:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return 0
+    return int(sum(counters["graph_break"].values()))
+
+
+def report() -> str:
+    """Print the counters readably and return the text.
+
+    Example::
+
+        import torchtpu
+        torchtpu.report()
+    """
+    snap = metrics()
+    width = max(len(k) for k in snap)
+    lines = ["torchtpu metrics"]
+    for key, value in snap.items():
+        if key == "fallbacks":
+            continue
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:<{width}}  {shown}")
+    fallbacks = snap["fallbacks"]
+    lines.append(f"  {'fallbacks':<{width}}  {sum(fallbacks.values())}")
+    for op, n in sorted(fallbacks.items(), key=lambda kv: -kv[1]):
+        lines.append(f"      {n:>6}  {op}")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+reset_metrics()

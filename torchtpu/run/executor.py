@@ -1,0 +1,229 @@
+"""Run an ATen graph: XLA programs for its segments, eager PyTorch for fallbacks.
+
+A :class:`GraphExecutor` is what the ``tpu`` backend hands back to
+AOTAutograd for each forward, backward or inference graph. The first call
+with new input types traces and compiles; later calls look the programs up by
+the inputs' shapes and dtypes and only run them.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+import torch.fx
+
+from torchtpu import metrics
+from torchtpu.compile.partition import Segment, partition
+from torchtpu.compile.program import Program, build_program, fingerprint
+from torchtpu.config import Options, options
+from torchtpu.errors import UnsupportedOpError, describe_value, unsupported_message
+from torchtpu.lower.interpreter import NoLowering, is_lowerable, map_args
+from torchtpu.runtime import from_device, jax_scope, to_device
+
+_PROGRAMS: dict[tuple[str, Any], Program] = {}
+_WARNED: set[str] = set()
+
+
+def clear_program_cache() -> None:
+    """Forget every compiled program held in memory (the disk cache stays)."""
+    _PROGRAMS.clear()
+
+
+class GraphExecutor:
+    """Callable running ``gm`` (an ATen FX graph) through XLA.
+
+    Example::
+
+        ex = GraphExecutor(gm)        # gm from AOTAutograd or make_fx
+        outputs = ex(list_of_tensors)
+    """
+
+    def __init__(
+        self, gm: torch.fx.GraphModule, opts: Options | None = None, name: str = "graph"
+    ) -> None:
+        self.gm = gm
+        self.name = name
+        # An instance attribute, so the wrappers AOTAutograd puts around us copy it.
+        self._boxed_call = True
+        self.opts = opts or options()
+        self.placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.output_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+        self.eager_nodes: set[torch.fx.Node] = set()
+        for node in gm.graph.nodes:
+            if not is_lowerable(node):
+                self._fall_back(node, reason="no lowering")
+        self.segments = partition(gm.graph, self.eager_nodes)
+        self._fingerprints: dict[int, str] = {}
+        self._programs: dict[tuple[int, Any], Program] = {}
+
+    def __repr__(self) -> str:
+        xla = sum(not s.eager for s in self.segments)
+        return (
+            f"GraphExecutor({self.name}: {len(self.placeholders)} inputs, "
+            f"{xla} XLA segment(s), {len(self.eager_nodes)} eager node(s))"
+        )
+
+    @property
+    def programs(self) -> list[Program]:
+        """Every program compiled for this graph so far."""
+        return list(self._programs.values())
+
+    def __call__(self, *args: Any) -> list[Any]:
+        # AOTAutograd calls with one list (the boxed convention, which lets us
+        # drop the caller's references early) or, through wrappers, unboxed.
+        boxed = len(args) == 1 and isinstance(args[0], list)
+        inputs = list(args[0]) if boxed else list(args)
+        if boxed:
+            args[0].clear()
+        with jax_scope() as device:
+            while True:
+                try:
+                    return self._run(inputs, device)
+                except NoLowering as exc:
+                    self._fall_back(exc.node, reason=str(exc))
+                    self.segments = partition(self.gm.graph, self.eager_nodes)
+                    self._programs.clear()
+                    self._fingerprints.clear()
+
+    # --- fallback ----------------------------------------------------------------
+
+    def _fall_back(self, node: torch.fx.Node, reason: str) -> None:
+        name = str(node.target)
+        if self.opts.strict:
+            if reason == "no lowering":
+                args = map_args(node.args, {n: n.meta.get("val") for n in node.all_input_nodes})
+                kwargs = map_args(node.kwargs, {n: n.meta.get("val") for n in node.all_input_nodes})
+                reason = unsupported_message(name, args, kwargs, "no lowering")
+            raise UnsupportedOpError(f"{reason}\n(strict mode is on)") from None
+        if name not in _WARNED:
+            _WARNED.add(name)
+            warnings.warn(
+                f"torchtpu: {name} has no XLA lowering here; it runs in eager PyTorch on the "
+                "CPU (counted in torchtpu.metrics()['fallbacks']). Set TORCHTPU_STRICT=1 to "
+                "make this an error.",
+                stacklevel=2,
+            )
+        self.eager_nodes.add(node)
+
+    # --- execution ---------------------------------------------------------------
+
+    def _run(self, args: list[Any], device: jax.Device) -> list[Any]:
+        env: dict[torch.fx.Node, Any] = dict(zip(self.placeholders, args, strict=True))
+        torch_device = next(
+            (a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu")
+        )
+        for index, segment in enumerate(self.segments):
+            if segment.eager:
+                self._run_eager(segment, env)
+            else:
+                self._run_xla(index, segment, env, device)
+        metrics.bump("executions")
+        results = map_args(self.output_node.args[0], env)
+        return [_to_torch(r, torch_device) for r in results]
+
+    def _run_eager(self, segment: Segment, env: dict[torch.fx.Node, Any]) -> None:
+        (node,) = segment.nodes
+        args = _tree_to_torch(map_args(node.args, env))
+        kwargs = _tree_to_torch(map_args(node.kwargs, env))
+        if node.op == "get_attr":
+            value: Any = self.gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            env[node] = value
+            return
+        metrics.count_fallback(str(node.target))
+        env[node] = node.target(*args, **kwargs)
+
+    def _run_xla(
+        self, index: int, segment: Segment, env: dict[torch.fx.Node, Any], device: jax.Device
+    ) -> None:
+        values = [env[n] for n in segment.inputs]
+        leaves, treedef = jax.tree_util.tree_flatten(values)
+        leaves = [to_device(v, device) if isinstance(v, torch.Tensor) else v for v in leaves]
+        signature = (
+            treedef,
+            tuple(
+                (v.shape, v.dtype) if isinstance(v, jax.Array) else ("static", _hashable(v))
+                for v in leaves
+            ),
+        )
+        program = self._programs.get((index, signature))
+        if program is None:
+            program = self._program_for(index, segment, treedef, leaves, signature)
+        arrays = [v for v in leaves if isinstance(v, jax.Array)]
+        seed = _next_seed(device) if program.uses_rng else None
+        for node, value in zip(segment.outputs, program(arrays, seed), strict=True):
+            env[node] = value
+
+    def _program_for(
+        self, index: int, segment: Segment, treedef: Any, leaves: list[Any], signature: Any
+    ) -> Program:
+        if index not in self._fingerprints:
+            self._fingerprints[index] = fingerprint(segment)
+        key = (self._fingerprints[index], signature)
+        program = _PROGRAMS.get(key)
+        if program is not None:
+            metrics.bump("cache_hits")
+        else:
+            if any(k[0] == index for k in self._programs):
+                metrics.bump("recompiles")
+            start = time.perf_counter()
+            program = build_program(segment, treedef, leaves)
+            if self.opts.debug:
+                _log_compile(self.name, segment, time.perf_counter() - start)
+            _PROGRAMS[key] = program
+        self._programs[(index, signature)] = program
+        return program
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+def _next_seed(device: jax.Device) -> jax.Array:
+    # Drawn from PyTorch's default generator, so torch.manual_seed decides it.
+    seed = int(torch.randint(0, 2**32 - 1, (), dtype=torch.int64))
+    return jax.device_put(np.uint32(seed), device)
+
+
+def _to_torch(value: Any, torch_device: torch.device) -> Any:
+    if isinstance(value, jax.Array):
+        return from_device(value, torch_device)
+    return value
+
+
+def _tree_to_torch(value: Any) -> Any:
+    if isinstance(value, jax.Array):
+        return from_device(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_tree_to_torch(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tree_to_torch(v) for k, v in value.items()}
+    return value
+
+
+_COMPILE_LOG: list[str] = []
+
+
+def _log_compile(name: str, segment: Segment, seconds: float) -> None:
+    shapes = ", ".join(describe_value(n.meta.get("val")) for n in segment.inputs[:6])
+    _COMPILE_LOG.append(f"{name}: {segment} in {seconds:.2f}s, inputs {shapes}")
+
+
+def compile_log() -> list[str]:
+    """With ``TORCHTPU_DEBUG=1``: one line per XLA compile, saying what and why."""
+    return list(_COMPILE_LOG)
+
+
+def describe_inputs(args: Sequence[Any]) -> str:
+    return ", ".join(describe_value(a) for a in args)

@@ -1,0 +1,17 @@
+"""Stage 0, the runtime: which XLA device runs programs, and how tensors get there.
+
+Everything that touches JAX's global state (device choice, 64-bit mode, the
+persistent compilation cache) is here, so the other stages stay pure.
+"""
+
+from torchtpu.runtime.device import default_device, jax_scope, platform_name
+from torchtpu.runtime.transfer import from_device, residency, to_device
+
+__all__ = [
+    "default_device",
+    "from_device",
+    "jax_scope",
+    "platform_name",
+    "residency",
+    "to_device",
+]

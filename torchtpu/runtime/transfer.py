@@ -1,0 +1,137 @@
+"""Moving tensors between PyTorch and the XLA device.
+
+Hand-over is DLPack, zero-copy where both sides share memory (CPU tensors on
+the CPU platform, CUDA tensors on a GPU). A tensor that goes to the device is
+remembered with its version counter, so parameters and buffers are uploaded
+once and again only after PyTorch changes them (an optimizer step, an in-place
+edit, ``load_state_dict``). Outputs are remembered the same way, so a tensor
+that the forward program produced and the backward program consumes never
+round-trips through the host.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import jax
+import numpy as np
+import torch
+
+from torchtpu import metrics
+from torchtpu.lower.dtypes import to_jax_dtype
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # inference-mode tensors have no version counter
+        return None
+
+
+class Residency:
+    """Maps live torch tensors to the device arrays that hold their values."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, int | None, int, jax.Array]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, t: torch.Tensor, device: jax.Device) -> jax.Array | None:
+        entry = self._entries.get(id(t))
+        if entry is None:
+            return None
+        ref, version, ptr, array = entry
+        if ref() is not t or version is None or version != _version(t) or ptr != t.data_ptr():
+            return None
+        if array.devices() != {device}:
+            return None
+        return array
+
+    def remember(self, t: torch.Tensor, array: jax.Array) -> None:
+        key = id(t)
+        entries = self._entries
+
+        def _forget(dead: weakref.ref, key: int = key) -> None:
+            current = entries.get(key)
+            if current is not None and current[0] is dead:
+                del entries[key]
+
+        try:
+            ref = weakref.ref(t, _forget)
+        except TypeError:
+            return
+        entries[key] = (ref, _version(t), t.data_ptr(), array)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+residency = Residency()
+
+
+def _upload(t: torch.Tensor, device: jax.Device) -> jax.Array:
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    same_memory = (t.device.type == "cpu" and device.platform == "cpu") or (
+        t.device.type == "cuda" and device.platform in {"gpu", "cuda", "rocm"}
+    )
+    if same_memory and t.numel() > 0:
+        try:
+            array = jax.dlpack.from_dlpack(t)
+            if array.devices() == {device}:
+                return array
+        except (TypeError, RuntimeError, BufferError):
+            pass
+    host = t.cpu()
+    if host.dtype == torch.bfloat16:
+        data = host.view(torch.int16).numpy().view(to_jax_dtype(torch.bfloat16))
+    else:
+        data = host.numpy()
+    return jax.device_put(data, device)
+
+
+def to_device(t: torch.Tensor, device: jax.Device) -> jax.Array:
+    """The device array for torch tensor ``t``, uploading only if it changed."""
+    array = residency.lookup(t, device)
+    if array is not None:
+        metrics.bump("resident_hits")
+        return array
+    array = _upload(t, device)
+    metrics.bump("host_to_device")
+    metrics.bump("host_to_device_bytes", t.numel() * t.element_size())
+    residency.remember(t, array)
+    return array
+
+
+def from_device(array: jax.Array, like: torch.device | None = None) -> torch.Tensor:
+    """A torch tensor holding ``array``: zero-copy when the memory is shared.
+
+    ``like`` is the torch device the result should live on (CPU by default).
+    """
+    target = like or torch.device("cpu")
+    platform = next(iter(array.devices())).platform
+    shared = (target.type == "cpu" and platform == "cpu") or (
+        target.type == "cuda" and platform in {"gpu", "cuda", "rocm"}
+    )
+    if shared:
+        try:
+            out = torch.from_dlpack(array)
+            residency.remember(out, array)
+            return out
+        except (TypeError, RuntimeError, BufferError):
+            pass
+    metrics.bump("device_to_host")
+    host = np.asarray(jax.device_get(array))
+    if host.dtype == to_jax_dtype(torch.bfloat16):
+        out = torch.from_numpy(host.view(np.int16).copy()).view(torch.bfloat16)
+    else:
+        out = torch.from_numpy(np.ascontiguousarray(host).copy())
+    out = out.to(target)
+    residency.remember(out, array)
+    return out
