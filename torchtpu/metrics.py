@@ -24,6 +24,8 @@ def _fresh() -> dict[str, Any]:
         "host_to_device_bytes": 0,
         "resident_hits": 0,
         "device_to_host": 0,
+        "persistent_cache_hits": 0,
+        "persistent_cache_misses": 0,
     }
 
 
@@ -50,7 +52,8 @@ def metrics() -> dict[str, Any]:
     (FX graphs received), ``recompiles`` (new shapes for a graph already
     compiled), ``executions``, ``host_to_device`` / ``host_to_device_bytes``
     (tensors uploaded), ``resident_hits`` (inputs already on the device) and
-    ``device_to_host``.
+    ``device_to_host``; ``persistent_cache_hits`` / ``persistent_cache_misses``
+    (programs found in, or added to, the on-disk compilation cache).
 
     Example::
 

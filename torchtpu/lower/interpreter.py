@@ -116,6 +116,11 @@ def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) ->
         out = apply(lowering, args, kwargs, rng)
     except LoweringUnsupported as exc:
         raise NoLowering(node, unsupported_message(node.target, args, kwargs, str(exc))) from exc
+    except Exception as exc:
+        # PyTorch already checked the arguments while tracing, so a failure here
+        # is a gap in our lowering: name it, and let the op fall back.
+        reason = f"its lowering failed with {type(exc).__name__}: {exc}"
+        raise NoLowering(node, unsupported_message(node.target, args, kwargs, reason)) from exc
     return _match_meta(out, node.meta.get("val"))
 
 

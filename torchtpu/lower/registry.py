@@ -49,6 +49,8 @@ def register(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as the JAX lowering of each op overload in ``ops``."""
 
+    _load_ops()  # our own lowerings first, so a later duplicate is the one refused
+
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for op in ops:
             if not isinstance(op, torch._ops.OpOverload):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import jax
 
+from torchtpu import metrics
 from torchtpu.config import options
 from torchtpu.errors import TorchTPUError
 
@@ -49,6 +50,14 @@ def platform_name() -> str:
 
 
 _cache_configured: str | None = None
+_listening = False
+
+
+def _on_jax_event(event: str, **_: object) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        metrics.bump("persistent_cache_hits")
+    elif event == "/jax/compilation_cache/cache_misses":
+        metrics.bump("persistent_cache_misses")
 
 
 def _configure_persistent_cache() -> None:
@@ -56,7 +65,10 @@ def _configure_persistent_cache() -> None:
 
     Set once per process; a later change of ``cache_dir`` takes effect too.
     """
-    global _cache_configured
+    global _cache_configured, _listening
+    if not _listening:
+        jax.monitoring.register_event_listener(_on_jax_event)
+        _listening = True
     cache_dir = options().cache_dir
     if cache_dir == _cache_configured:
         return
