@@ -1,0 +1,45 @@
+"""The ``torchtpu`` command.
+
+torchtpu info                         # versions, devices, cache directory
+torchtpu examine module:factory       # which ops of a model lower or fall back
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _info(_: argparse.Namespace) -> int:
+    import jax
+    import torch
+
+    import torchtpu
+    from torchtpu.runtime import default_device
+
+    opts = torchtpu.options()
+    print(f"torchtpu {torchtpu.__version__}  torch {torch.__version__}  jax {jax.__version__}")
+    print(f"devices: {', '.join(str(d) for d in jax.devices())}")
+    print(f"torchtpu runs on: {default_device()}")
+    print(f"persistent cache: {opts.cache_dir or '(disabled)'}")
+    print(f"strict: {opts.strict}  debug: {opts.debug}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``torchtpu`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "examine":
+        from torchtpu.examine import main as examine_main
+
+        return int(examine_main(argv[1:]) or 0)
+    parser = argparse.ArgumentParser(prog="torchtpu", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, devices and settings").set_defaults(fn=_info)
+    sub.add_parser("examine", help="list which ops of a model lower, fall back or fail")
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
