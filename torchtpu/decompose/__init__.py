@@ -1,7 +1,10 @@
 """Stage 2, decomposition: which ATen ops AOTAutograd breaks into smaller ones.
 
-We start from PyTorch's core ATen decompositions and keep whole every op we
-lower directly, since those lowerings exist to be faster or more exact than
+We start from PyTorch's core ATen decompositions, add every other
+decomposition PyTorch registers (``torch._decomp.decomposition_table``: the
+non-core ops such as ``special_i1``, ``grid_sampler_2d`` or ``native_group_norm``,
+which would otherwise fall back to eager), and keep whole every op we lower
+directly, since those lowerings exist to be faster or more exact than
 their decompositions (fused attention, layer norm and its backward computed
 in float32, convolution backward through XLA's own transposed convolution).
 """
@@ -27,6 +30,34 @@ _EXTRA = [
 ]
 
 
+# XLA cannot raise on a data-dependent condition, and AOTAutograd threads
+# _linalg_check_errors through an effect token no lowering can express. These
+# ops therefore skip the check: an invalid input (a singular or non-positive-
+# definite matrix) gives NaN or inf, as in JAX, where eager PyTorch raises.
+def _linalg_cholesky(a: torch.Tensor, *, upper: bool = False) -> torch.Tensor:
+    return aten.linalg_cholesky_ex.default(a, upper=upper)[0]
+
+
+def _linalg_inv(a: torch.Tensor) -> torch.Tensor:
+    return aten.linalg_inv_ex.default(a)[0]
+
+
+_UNCHECKED = {
+    aten.linalg_cholesky.default: _linalg_cholesky,
+    aten.linalg_inv.default: _linalg_inv,
+}
+
+# PyTorch decompositions we must not take: they write into a fresh tensor in
+# place (complex, polar), which AOTAutograd's functionalization rejects, or
+# read a tensor's value on the host (bucketize), which tracing cannot do.
+_REJECTED = {
+    aten.complex.default,
+    aten.polar.default,
+    aten.bucketize.Tensor,
+    aten.bucketize.Scalar,
+}
+
+
 @functools.cache
 def decomposition_table() -> dict[Any, Any]:
     """The decompositions torchtpu hands to AOTAutograd.
@@ -38,6 +69,10 @@ def decomposition_table() -> dict[Any, Any]:
     """
     table = dict(core_aten_decompositions())
     table.update(torch._decomp.get_decompositions(_EXTRA))
+    table.update(_UNCHECKED)
+    for op, decomposition in torch._decomp.decomposition_table.items():
+        if op not in _REJECTED:
+            table.setdefault(op, decomposition)
     for op in registered_ops():
         table.pop(op, None)
     return table

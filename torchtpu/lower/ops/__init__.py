@@ -2,11 +2,14 @@
 
 from torchtpu.lower.ops import (  # noqa: F401
     conv,
+    fft,
     indexing,
     linalg,
     nn,
     pointwise,
+    prims,
     random,
     reduction,
     shape,
+    special,
 )

@@ -284,3 +284,34 @@ def _adaptive_range(i, size, out):
 def adaptive_avg_pool2d_backward(grad, x):
     _, vjp = jax.vjp(lambda x_: adaptive_avg_pool2d(x_, grad.shape[-2:]), x)
     return vjp(grad)[0]
+
+
+def _adaptive_matrix(size, out):
+    """(out, size) averaging weights of PyTorch's adaptive pooling windows."""
+    weights = np.zeros((out, size), np.float32)
+    for i in range(out):
+        start, end = _adaptive_range(i, size, out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def _adaptive_avg_pool(x, output_size):
+    n = len(output_size)
+    out = x.astype(accum_dtype(x))
+    for k, size in enumerate(output_size):
+        axis = x.ndim - n + k
+        w = jnp.asarray(_adaptive_matrix(x.shape[axis], int(size)), out.dtype)
+        moved = jnp.moveaxis(out, axis, -1)
+        out = jnp.moveaxis(jnp.matmul(moved, w.T, precision=lax.Precision.HIGHEST), -1, axis)
+    return out.astype(x.dtype)
+
+
+@register(aten._adaptive_avg_pool3d.default)
+def adaptive_avg_pool3d(x, output_size):
+    return _adaptive_avg_pool(x, output_size)
+
+
+@register(aten._adaptive_avg_pool3d_backward.default)
+def adaptive_avg_pool3d_backward(grad, x):
+    _, vjp = jax.vjp(lambda x_: _adaptive_avg_pool(x_, grad.shape[-3:]), x)
+    return vjp(grad)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -37,7 +38,7 @@ def gather(x, dim, index, *, sparse_grad=False):
 def index_select(x, dim, index):
     axis = canon_dim(dim, x.ndim)
     if x.ndim == 0:
-        return x.reshape(index.shape)
+        return x
     return jnp.take(x, _wrap(index, x.shape[axis]), axis=axis)
 
 
@@ -138,29 +139,96 @@ def unsafe_index(x, indices):
     return x[_advanced_index(x, indices)]
 
 
+def _along_dim(fn):
+    """Apply ``fn(moved, index, *rest)`` with ``dim`` moved to the front.
+
+    A 0-d ``x`` is treated as a 1-element vector, as PyTorch does.
+    """
+
+    def lowering(x, dim, index, *rest, **kwargs):
+        scalar = x.ndim == 0
+        x1 = x.reshape(1) if scalar else x
+        axis = canon_dim(dim, x1.ndim)
+        rest = [
+            (jnp.moveaxis(r.reshape(1) if r.ndim == 0 else r, axis, 0) if hasattr(r, "ndim") else r)
+            for r in rest
+        ]
+        idx = _wrap(index.reshape(-1), x1.shape[axis])
+        out = jnp.moveaxis(fn(jnp.moveaxis(x1, axis, 0), idx, *rest, **kwargs), 0, axis)
+        return out.reshape(()) if scalar else out
+
+    return lowering
+
+
 @register(aten.index_add.default)
-def index_add(x, dim, index, source, *, alpha=1):
-    axis = canon_dim(dim, x.ndim)
-    idx = [slice(None)] * x.ndim
-    idx[axis] = _wrap(index, x.shape[axis])
-    src = jnp.moveaxis(source, axis, 0) if x.ndim else source
-    moved = jnp.moveaxis(x, axis, 0) if x.ndim else x
-    moved = moved.at[idx[axis]].add((src * alpha).astype(x.dtype))
-    return jnp.moveaxis(moved, 0, axis) if x.ndim else moved
+@_along_dim
+def index_add(x, index, source, *, alpha=1):
+    return x.at[index].add((source * alpha).astype(x.dtype))
 
 
 @register(aten.index_copy.default)
-def index_copy(x, dim, index, source):
-    axis = canon_dim(dim, x.ndim)
-    moved = jnp.moveaxis(x, axis, 0).at[_wrap(index, x.shape[axis])]
-    return jnp.moveaxis(moved.set(jnp.moveaxis(source, axis, 0).astype(x.dtype)), 0, axis)
+@_along_dim
+def index_copy(x, index, source):
+    return x.at[index].set(source.astype(x.dtype))
 
 
 @register(aten.index_fill.int_Scalar, aten.index_fill.int_Tensor)
-def index_fill(x, dim, index, value):
-    axis = canon_dim(dim, x.ndim)
-    moved = jnp.moveaxis(x, axis, 0).at[_wrap(index, x.shape[axis])]
-    return jnp.moveaxis(moved.set(jnp.asarray(value, x.dtype)), 0, axis)
+@_along_dim
+def index_fill(x, index, value):
+    return x.at[index].set(jnp.asarray(value, x.dtype))
+
+
+@register(aten.index_reduce.default)
+@_along_dim
+def index_reduce(x, index, source, reduce, *, include_self=True):
+    source = source.astype(x.dtype)
+    if not include_self:
+        identity = {"prod": 1, "mean": 0, "amax": _lowest(x.dtype), "amin": _highest(x.dtype)}
+        x = x.at[index].set(jnp.asarray(identity[reduce], x.dtype))
+    if reduce == "mean":
+        count = jnp.zeros(x.shape[:1], x.dtype).at[index].add(1) + (1 if include_self else 0)
+        count = jnp.maximum(count, 1).reshape((-1,) + (1,) * (x.ndim - 1))
+        total = x.at[index].add(source)
+        return total / count if jnp.issubdtype(x.dtype, jnp.inexact) else total // count
+    mode = {"prod": "multiply", "amax": "max", "amin": "min"}[reduce]
+    return getattr(x.at[index], mode)(source)
+
+
+@register(aten.put.default)
+def put(x, index, source, accumulate=False):
+    flat = x.reshape(-1)
+    at = flat.at[_wrap(index.reshape(-1), flat.shape[0])]
+    values = source.reshape(-1).astype(x.dtype)
+    return (at.add(values) if accumulate else at.set(values)).reshape(x.shape)
+
+
+@register(aten.nonzero_static.default)
+def nonzero_static(x, *, size, fill_value=-1):
+    if x.ndim == 0:
+        return jnp.zeros((size, 0), jnp.int64)
+    coords = jnp.nonzero(x, size=size, fill_value=fill_value)
+    return jnp.stack(coords, axis=-1).astype(jnp.int64)
+
+
+def _searchsorted_1d(seq, values, side):
+    return jnp.searchsorted(seq, values, side=side, method="compare_all")
+
+
+@register(aten.searchsorted.Tensor, aten.searchsorted.Scalar)
+def searchsorted(seq, values, *, out_int32=False, right=False, side=None, sorter=None):
+    side = "right" if right or side == "right" else "left"
+    if sorter is not None:
+        seq = jnp.take_along_axis(seq, sorter, axis=-1)
+    common = jnp.promote_types(seq.dtype, jnp.asarray(values).dtype)
+    seq, values = seq.astype(common), jnp.asarray(values, common)
+    if seq.ndim == 1:
+        out = _searchsorted_1d(seq, values, side)
+    else:
+        lead = seq.shape[:-1]
+        out = jax.vmap(lambda s, v: _searchsorted_1d(s, v, side))(
+            seq.reshape(-1, seq.shape[-1]), values.reshape(-1, values.shape[-1])
+        ).reshape(*lead, values.shape[-1])
+    return out.astype(jnp.int32 if out_int32 else jnp.int64)
 
 
 @register(aten.embedding.default)
@@ -219,3 +287,8 @@ def masked_scatter(x, mask, source):
     positions = jnp.cumsum(mask) - 1
     taken = source.reshape(-1)[jnp.clip(positions, 0, source.size - 1)]
     return jnp.where(mask, taken.astype(x.dtype), x.reshape(-1)).reshape(x.shape)
+
+
+@register(aten.bucketize.Tensor, aten.bucketize.Scalar)
+def bucketize(values, boundaries, *, out_int32=False, right=False):
+    return searchsorted(boundaries, values, out_int32=out_int32, right=right)

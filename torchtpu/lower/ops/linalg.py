@@ -7,6 +7,7 @@ would round operands to bfloat16 or TF32.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import torch
 from jax import lax
@@ -92,3 +93,203 @@ def solve_triangular(a, b, *, upper, left=True, unitriangular=False):
     return lax.linalg.triangular_solve(
         a, b, left_side=left, lower=not upper, unit_diagonal=unitriangular, transpose_a=False
     )
+
+
+# --- factorizations and solvers (LAPACK conventions: 1-based int32 pivots) ------------
+
+
+def _mT(a):
+    return jnp.swapaxes(a, -1, -2)
+
+
+def _mH(a):
+    return jnp.conj(_mT(a))
+
+
+def _info(a):
+    return jnp.zeros(a.shape[:-2], jnp.int32)
+
+
+def _lu(a):
+    lu, piv, _ = lax.linalg.lu(a)
+    return lu, piv.astype(jnp.int32) + 1
+
+
+@register(aten.addbmm.default, promote=Promote.NO_OPMATH, promote_args=(0, 1, 2))
+def addbmm(bias, b1, b2, *, beta=1, alpha=1):
+    prod = jnp.sum(_matmul(b1, b2), axis=0) * alpha
+    return prod if beta == 0 else prod + bias * beta
+
+
+@register(aten._linalg_svd.default)
+def linalg_svd(a, full_matrices=False, compute_uv=True, *, driver=None):
+    if not compute_uv:
+        empty = jnp.zeros((0,), a.dtype)
+        return empty, jnp.linalg.svd(a, compute_uv=False), empty
+    u, s, vh = jnp.linalg.svd(a, full_matrices=full_matrices)
+    return u, s, vh
+
+
+@register(aten.linalg_qr.default)
+def linalg_qr(a, mode="reduced"):
+    if mode == "r":
+        return jnp.zeros((0,), a.dtype), jnp.linalg.qr(a, mode="r")
+    q, r = jnp.linalg.qr(a, mode=mode)
+    return q, r
+
+
+@register(aten._linalg_eigh.default)
+def linalg_eigh(a, UPLO="L", compute_v=True):
+    w, v = jnp.linalg.eigh(a, UPLO=UPLO, symmetrize_input=False)
+    return w, (v if compute_v else jnp.zeros((0,), a.dtype))
+
+
+@register(aten.linalg_eig.default)
+def linalg_eig(a):
+    w, v = jnp.linalg.eig(a)
+    return w, v
+
+
+@register(aten._linalg_slogdet.default)
+def linalg_slogdet(a):
+    sign, logabs = jnp.linalg.slogdet(a)
+    return (sign, logabs, *_lu(a))
+
+
+@register(aten.linalg_lu_factor_ex.default)
+def lu_factor_ex(a, *, pivot=True, check_errors=False):
+    return (*_lu(a), _info(a))
+
+
+@register(aten.linalg_lu.default)
+def linalg_lu(a, *, pivot=True):
+    return jax.scipy.linalg.lu(a)
+
+
+def _pivots_to_perm(pivots, m):
+    return lax.linalg.lu_pivots_to_permutation(pivots.astype(jnp.int32) - 1, m)
+
+
+@register(aten.lu_unpack.default)
+def lu_unpack(lu, pivots, unpack_data=True, unpack_pivots=True):
+    m, n = lu.shape[-2:]
+    k = min(m, n)
+    low = jnp.tril(lu[..., :, :k], -1) + jnp.eye(m, k, dtype=lu.dtype)
+    up = jnp.triu(lu[..., :k, :])
+    perm = _pivots_to_perm(pivots, m)
+    p = (perm[..., None, :] == jnp.arange(m)[:, None]).astype(lu.dtype)
+    return p, low, up
+
+
+@register(aten.linalg_lu_solve.default)
+def lu_solve(lu, pivots, b, *, left=True, adjoint=False):
+    batch = jnp.broadcast_shapes(lu.shape[:-2], b.shape[:-2])
+    lu = jnp.broadcast_to(lu, batch + lu.shape[-2:])
+    piv = jnp.broadcast_to(pivots.astype(jnp.int32) - 1, batch + pivots.shape[-1:])
+    b = jnp.broadcast_to(b, batch + b.shape[-2:])
+    if left:
+        return jax.scipy.linalg.lu_solve((lu, piv), b, trans=2 if adjoint else 0)
+    # X op(A) = B  <=>  op(A)^T X^T = B^T, and (A^H)^T = conj(A).
+    if adjoint:
+        return _mH(jax.scipy.linalg.lu_solve((lu, piv), _mH(b), trans=0))
+    return _mT(jax.scipy.linalg.lu_solve((lu, piv), _mT(b), trans=1))
+
+
+def _is_vector_rhs(a, b):
+    return b.ndim == 1 or (b.ndim == a.ndim - 1 and b.shape == a.shape[:-1])
+
+
+@register(aten._linalg_solve_ex.default)
+def linalg_solve_ex(a, b, *, left=True, check_errors=False):
+    vector = _is_vector_rhs(a, b)
+    rhs = b[..., None] if vector else b
+    if not left:
+        rhs = _mT(rhs)
+    batch = jnp.broadcast_shapes(a.shape[:-2], rhs.shape[:-2])
+    a_ = jnp.broadcast_to(a if left else _mT(a), batch + a.shape[-2:])
+    x = jnp.linalg.solve(a_, jnp.broadcast_to(rhs, batch + rhs.shape[-2:]))
+    x = x if left else _mT(x)
+    return (x[..., 0] if vector else x, *_lu(a), _info(a))
+
+
+@register(aten.linalg_matrix_exp.default)
+def matrix_exp(a):
+    return jnp.vectorize(jax.scipy.linalg.expm, signature="(n,n)->(n,n)")(a)
+
+
+@register(aten.linalg_pinv.atol_rtol_tensor)
+def pinv(a, *, atol=None, rtol=None, hermitian=False):
+    m, n = a.shape[-2:]
+    if hermitian:
+        s, u = jnp.linalg.eigh(a)
+        vh, s_abs = _mH(u * jnp.sign(s)[..., None, :]), jnp.abs(s)
+    else:
+        u, s_abs, vh = jnp.linalg.svd(a, full_matrices=False)
+    # PyTorch: rtol defaults to eps * max(m, n) unless a positive atol is given.
+    eps = jnp.finfo(s_abs.dtype).eps * max(m, n)
+    atol_ = jnp.zeros((), s_abs.dtype) if atol is None else atol
+    rtol_ = (eps if atol is None else jnp.where(atol_ > 0, 0.0, eps)) if rtol is None else rtol
+    smax = jnp.max(s_abs, axis=-1, initial=0.0)
+    cutoff = jnp.maximum(jnp.asarray(atol_)[..., None], jnp.asarray(rtol_)[..., None] * smax[..., None])
+    s_inv = jnp.where(s_abs > cutoff, 1 / jnp.where(s_abs > cutoff, s_abs, 1), 0)
+    return (_mH(vh) * s_inv[..., None, :].astype(a.dtype)) @ _mH(u)
+
+
+@register(aten.linalg_householder_product.default)
+def householder_product(a, tau):
+    return lax.linalg.householder_product(a, tau)
+
+
+@register(aten.geqrf.default)
+def geqrf(a):
+    h, taus = jnp.linalg.qr(a, mode="raw")
+    return _mT(h), taus
+
+
+@register(aten.ormqr.default)
+def ormqr(a, tau, c, left=True, transpose=False):
+    m = a.shape[-2]
+    full = jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, m - a.shape[-1])])
+    taus = jnp.pad(tau, [(0, 0)] * (tau.ndim - 1) + [(0, m - tau.shape[-1])])
+    q = lax.linalg.householder_product(full, taus)
+    q = _mH(q) if transpose else q
+    return q @ c if left else c @ q
+
+
+@register(aten.cholesky.default)
+def cholesky(a, upper=False):
+    low = jnp.linalg.cholesky(a, symmetrize_input=False)
+    return _mH(low) if upper else low
+
+
+def _cho_solve(factor, b, upper):
+    batch = jnp.broadcast_shapes(factor.shape[:-2], b.shape[:-2])
+    factor = jnp.broadcast_to(factor, batch + factor.shape[-2:])
+    b = jnp.broadcast_to(b, batch + b.shape[-2:])
+    return jax.scipy.linalg.cho_solve((factor, not upper), b)
+
+
+@register(aten.cholesky_solve.default)
+def cholesky_solve(b, factor, upper=False):
+    return _cho_solve(factor, b, upper)
+
+
+@register(aten.cholesky_inverse.default)
+def cholesky_inverse(factor, upper=False):
+    eye = jnp.broadcast_to(jnp.eye(factor.shape[-1], dtype=factor.dtype), factor.shape)
+    return _cho_solve(factor, eye, upper)
+
+
+@register(aten.triangular_solve.default)
+def triangular_solve(b, a, upper=True, transpose=False, unitriangular=False):
+    batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a_ = jnp.broadcast_to(a, batch + a.shape[-2:])
+    x = lax.linalg.triangular_solve(
+        a_,
+        jnp.broadcast_to(b, batch + b.shape[-2:]),
+        left_side=True,
+        lower=not upper,
+        transpose_a=transpose,
+        unit_diagonal=unitriangular,
+    )
+    return x, a_

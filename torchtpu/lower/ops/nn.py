@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from torchtpu.errors import LoweringUnsupported
 from torchtpu.lower.ops._util import accum_dtype, aten, canon_dim
@@ -220,3 +221,44 @@ def sdpa_flash_cpu_backward(
 
     _, vjp = jax.vjp(forward, q, k, v)
     return vjp(grad.astype(q.dtype))
+
+
+# --- pairwise distances and bilinear forms ---------------------------------------------
+
+
+def _p_norm(diff, p, axis):
+    a = jnp.abs(diff)
+    if p == 0:
+        return jnp.sum((a != 0).astype(a.dtype), axis=axis)
+    if p == float("inf"):
+        return jnp.max(a, axis=axis, initial=0.0)
+    if p == 1:
+        return jnp.sum(a, axis=axis)
+    if p == 2:
+        return jnp.sqrt(jnp.sum(a * a, axis=axis))
+    return jnp.sum(a**p, axis=axis) ** (1.0 / p)
+
+
+@register(aten._cdist_forward.default)
+def cdist(x1, x2, p, compute_mode=None):
+    batch = jnp.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+    x1 = jnp.broadcast_to(x1, batch + x1.shape[-2:])
+    x2 = jnp.broadcast_to(x2, batch + x2.shape[-2:])
+    return _p_norm(x1[..., :, None, :] - x2[..., None, :, :], p, axis=-1)
+
+
+@register(aten._pdist_forward.default)
+def pdist(x, p=2.0):
+    i, j = np.triu_indices(x.shape[0], k=1)
+    return _p_norm(x[i] - x[j], p, axis=-1)
+
+
+@register(aten._trilinear.default)
+def trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
+    def expanded(t, dims):
+        for d in sorted(dims):
+            t = jnp.expand_dims(t, d)
+        return t
+
+    prod = expanded(i1, expand1) * expanded(i2, expand2) * expanded(i3, expand3)
+    return jnp.sum(prod, axis=tuple(sumdim)) if sumdim else prod

@@ -406,7 +406,9 @@ def imag(x):
     return jnp.imag(x)
 
 
-@register(aten.conj_physical.default, aten._conj.default, aten.conj.default)
+@register(
+    aten.conj_physical.default, aten._conj.default, aten.conj.default, aten._conj_physical.default
+)
 def conj(x):
     return jnp.conj(x)
 
@@ -414,3 +416,13 @@ def conj(x):
 @register(aten.angle.default, promote=INT_TO_FLOAT)
 def angle(x):
     return jnp.angle(x)
+
+
+@register(aten.complex.default)
+def complex_(real, imag):
+    return lax.complex(real, imag)
+
+
+@register(aten.polar.default)
+def polar(magnitude, angle):
+    return lax.complex(magnitude * jnp.cos(angle), magnitude * jnp.sin(angle))

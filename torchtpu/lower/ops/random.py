@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import torch
 
 from torchtpu.lower.ops._util import aten, jdtype
 from torchtpu.lower.registry import register
@@ -81,3 +82,37 @@ def exponential(x, lambd=1.0, *, generator=None, key):
 @register(aten.randperm.default, rng=True)
 def randperm(n, *, dtype=None, layout=None, device=None, pin_memory=None, generator=None, key):
     return jax.random.permutation(key, n).astype(jdtype(dtype, jnp.int64))
+
+
+@register(aten.randint_like.default, aten.randint_like.low_dtype, rng=True)
+def randint_like(x, *bounds, dtype=None, layout=None, device=None, pin_memory=None,
+                 memory_format=None, key):
+    low, high = (0, bounds[0]) if len(bounds) == 1 else bounds
+    draws = jax.random.randint(key, x.shape, low, high, jnp.int64)
+    return draws.astype(jdtype(dtype, x.dtype))
+
+
+@register(aten.multinomial.default, rng=True)
+def multinomial(probs, num_samples, replacement=False, *, generator=None, key):
+    logits = jnp.log(probs.astype(jnp.float32))
+    if replacement:
+        shape = (num_samples, *probs.shape[:-1])
+        draws = jax.random.categorical(key, logits, axis=-1, shape=shape)
+        return jnp.moveaxis(draws, 0, -1).astype(jnp.int64)
+    # Without replacement: the top-k of Gumbel-perturbed logits.
+    gumbel = jax.random.gumbel(key, probs.shape, jnp.float32)
+    return jax.lax.top_k(logits + gumbel, num_samples)[1].astype(jnp.int64)
+
+
+@register(aten.rrelu_with_noise_functional.default, rng=True)
+def rrelu_with_noise(x, noise, lower=0.125, upper=1 / 3, training=False, generator=None, *, key):
+    if not training:
+        return jnp.where(x >= 0, x, x * ((lower + upper) / 2)).astype(x.dtype), noise
+    slope = jax.random.uniform(key, x.shape, jnp.float32, lower, upper).astype(x.dtype)
+    new_noise = jnp.where(x >= 0, jnp.ones_like(x), slope).astype(noise.dtype)
+    return jnp.where(x >= 0, x, x * slope), new_noise
+
+
+@register(torch.ops.prims.normal.default, rng=True)
+def prims_normal(shape, *, mean, std, dtype, device, requires_grad, generator=None, key):
+    return (mean + std * jax.random.normal(key, _shape(shape), jnp.float32)).astype(jdtype(dtype))

@@ -6,7 +6,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from torchtpu.lower.ops._util import accum_dtype, aten, canon_dim, canon_dims, is_integral, jdtype
+from torchtpu.lower.ops._util import (
+    accum_dtype,
+    aten,
+    canon_dim,
+    canon_dims,
+    is_float,
+    is_integral,
+    jdtype,
+)
 from torchtpu.lower.registry import register
 
 
@@ -222,3 +230,127 @@ def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
     else:
         out = jnp.sum(xa**ord, axis=axes, keepdims=keepdim) ** (1.0 / ord)
     return out.astype(jnp.real(x).dtype)
+
+
+# --- order statistics (NaN sorts last, as in PyTorch) ------------------------------------
+
+
+def _sorted_along(x, dim):
+    axis = canon_dim(dim, x.ndim)
+    order = jnp.argsort(x, axis=axis, stable=True)
+    return jnp.take_along_axis(x, order, axis=axis), order, axis
+
+
+def _pick(values, order, axis, k, keepdim):
+    v = jnp.take_along_axis(values, k, axis=axis)
+    i = jnp.take_along_axis(order, k, axis=axis).astype(jnp.int64)
+    return (v, i) if keepdim else (jnp.squeeze(v, axis), jnp.squeeze(i, axis))
+
+
+def _median_rank(x, axis, ignore_nan):
+    n = x.shape[axis]
+    if not ignore_nan or not jnp.issubdtype(x.dtype, jnp.floating):
+        has_nan = jnp.any(jnp.isnan(x), axis=axis, keepdims=True) if is_float(x) else False
+        return jnp.where(has_nan, n - 1, (n - 1) // 2)
+    count = jnp.sum(~jnp.isnan(x), axis=axis, keepdims=True)
+    return jnp.where(count == 0, n - 1, (count - 1) // 2)
+
+
+def _median_dim(x, dim, keepdim, ignore_nan):
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int64)
+    values, order, axis = _sorted_along(x, dim)
+    k = _median_rank(x, axis, ignore_nan)
+    return _pick(values, order, axis, k, keepdim)
+
+
+@register(aten.median.dim)
+def median_dim(x, dim, keepdim=False):
+    return _median_dim(x, dim, keepdim, ignore_nan=False)
+
+
+@register(aten.nanmedian.dim)
+def nanmedian_dim(x, dim, keepdim=False):
+    return _median_dim(x, dim, keepdim, ignore_nan=True)
+
+
+@register(aten.median.default)
+def median(x):
+    return _median_dim(x.reshape(-1), 0, False, ignore_nan=False)[0]
+
+
+@register(aten.nanmedian.default)
+def nanmedian(x):
+    return _median_dim(x.reshape(-1), 0, False, ignore_nan=True)[0]
+
+
+@register(aten.kthvalue.default)
+def kthvalue(x, k, dim=-1, keepdim=False):
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int64)
+    values, order, axis = _sorted_along(x, dim)
+    shape = list(x.shape)
+    shape[axis] = 1
+    return _pick(values, order, axis, jnp.full(shape, k - 1), keepdim)
+
+
+@register(aten.mode.default)
+def mode(x, dim=-1, keepdim=False):
+    # The most frequent value, the smallest among equals; its index is the last
+    # occurrence, as PyTorch's CPU kernel returns.
+    if x.ndim == 0:
+        return x, jnp.zeros((), jnp.int64)
+    axis = canon_dim(dim, x.ndim)
+    m = jnp.moveaxis(x, axis, -1)
+    counts = jnp.sum(m[..., :, None] == m[..., None, :], axis=-1)
+    best = jnp.max(counts, axis=-1, keepdims=True)
+    value = jnp.min(jnp.where(counts == best, m, _largest(m.dtype)), axis=-1, keepdims=True)
+    n = m.shape[-1]
+    last = jnp.max(jnp.where(m == value, jnp.arange(n), -1), axis=-1, keepdims=True)
+    value, last = jnp.moveaxis(value, -1, axis), jnp.moveaxis(last.astype(jnp.int64), -1, axis)
+    return (value, last) if keepdim else (jnp.squeeze(value, axis), jnp.squeeze(last, axis))
+
+
+def _largest(dtype):
+    if dtype == jnp.bool_:
+        return True
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.inf
+    return jnp.iinfo(dtype).max
+
+
+# --- histograms ---------------------------------------------------------------------
+
+
+def _hist_range(x, low, high, widen):
+    if low == high:
+        low, high = jnp.min(x, initial=jnp.inf), jnp.max(x, initial=-jnp.inf)
+        low, high = jnp.where(x.size == 0, 0, low), jnp.where(x.size == 0, 0, high)
+    low, high = jnp.asarray(low, x.dtype), jnp.asarray(high, x.dtype)
+    same = low == high
+    return jnp.where(same, low - widen, low), jnp.where(same, high + widen, high)
+
+
+def _bin_counts(x, bins, low, high, weight=None):
+    flat = x.reshape(-1)
+    inside = (flat >= low) & (flat <= high)
+    idx = ((flat - low) * bins / (high - low)).astype(jnp.int64)
+    idx = jnp.clip(idx, 0, bins - 1)
+    w = jnp.ones_like(flat) if weight is None else weight.reshape(-1).astype(flat.dtype)
+    return jnp.zeros((bins,), flat.dtype).at[idx].add(jnp.where(inside, w, 0))
+
+
+@register(aten.histc.default)
+def histc(x, bins=100, min=0, max=0):
+    low, high = _hist_range(x, min, max, widen=1)
+    return _bin_counts(x, bins, low, high)
+
+
+@register(aten.histogram.bin_ct)
+def histogram(x, bins=100, *, range=None, weight=None, density=False):
+    low, high = _hist_range(x, *(range or (0, 0)), widen=0.5)
+    edges = jnp.linspace(low, high, bins + 1).astype(x.dtype)
+    hist = _bin_counts(x, bins, low, high, weight)
+    if density:
+        hist = hist / (jnp.sum(hist) * (edges[1:] - edges[:-1]))
+    return hist, edges

@@ -361,3 +361,18 @@ def arange(*args, dtype=None, layout=None, device=None, pin_memory=None):
     # PyTorch computes start + i * step in the output's precision class.
     acc = jnp.float64 if jnp.issubdtype(want, jnp.floating) or not is_int else jnp.int64
     return (start + jnp.arange(n, dtype=acc) * step).astype(want)
+
+
+@register(aten.empty_permuted.default)
+def empty_permuted(size, physical_layout, *, dtype=None, layout=None, device=None, pin_memory=None):
+    return jnp.zeros(_size(size), jdtype(dtype, jnp.float32))
+
+
+@register(aten.view_as_complex.default)
+def view_as_complex(x):
+    return lax.complex(x[..., 0], x[..., 1])
+
+
+@register(aten.view_as_real.default)
+def view_as_real(x):
+    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)

@@ -1,0 +1,300 @@
+"""Run OpInfo samples through ``torch.compile(backend="tpu")`` and judge them.
+
+Shared by ``test_opinfo.py`` (pytest) and ``scripts/conformance.py`` (the full
+sweep and its report). Every sample runs in strict mode, so an op that would
+fall back to eager PyTorch is an error, and a sample whose graph never reached
+XLA (Dynamo ran it eagerly) or broke the graph does not count as a pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import signal
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch._dynamo
+from _compare import compare, compare_meta, tolerance_for
+from expected import expected_failure, tolerance_override
+from torch.testing._internal import common_methods_invocations as _cmi
+from torch.testing._internal.common_methods_invocations import op_db
+
+import torchtpu
+
+FAST_DTYPES = (torch.float32, torch.bfloat16)
+FORWARD_DTYPES = (torch.float32, torch.bfloat16, torch.int64, torch.bool, torch.complex64)
+GRAD_DTYPE = torch.float32
+SAMPLE_TIMEOUT_S = 60
+
+# Ops whose values are random or unspecified (uninitialised memory): only the
+# shape and dtype of their outputs can be compared with eager PyTorch.
+_META_ONLY_PREFIXES = ("empty", "new_empty", "rand", "normal", "bernoulli", "uniform")
+_META_ONLY = {
+    "multinomial",
+    "cauchy",
+    "exponential",
+    "geometric",
+    "log_normal",
+    "nn.functional.dropout",
+    "nn.functional.dropout2d",
+    "nn.functional.dropout3d",
+    "nn.functional.alpha_dropout",
+    "nn.functional.feature_alpha_dropout",
+    "nn.functional.rrelu",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One sample's verdict: ``pass``, ``fail`` or ``skip``, with what went wrong."""
+
+    status: str
+    kind: str = ""  # for fail: mismatch, unsupported, graph-break, not-compiled, error, timeout
+    detail: str = ""
+
+
+PASS = Result("pass")
+
+
+def op_id(op: Any) -> str:
+    return f"{op.name}.{op.variant_test_name}" if op.variant_test_name else op.name
+
+
+def all_ops() -> list[Any]:
+    return list(op_db)
+
+
+def meta_only(op: Any) -> bool:
+    return op.name in _META_ONLY or op.name.startswith(_META_ONLY_PREFIXES)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def forward_dtypes(op: Any, dtypes: tuple[torch.dtype, ...] = FORWARD_DTYPES) -> list:
+    supported = op.supported_dtypes("cpu")
+    return [d for d in dtypes if d in supported]
+
+
+def supports_grad(op: Any) -> bool:
+    return op.supports_autograd and GRAD_DTYPE in op.supported_backward_dtypes("cpu")
+
+
+def samples(op: Any, dtype: torch.dtype, grad: bool, limit: int | None = None) -> list[Any]:
+    torch.manual_seed(0)
+    return list(itertools.islice(op.sample_inputs("cpu", dtype, requires_grad=grad), limit))
+
+
+# --- running one sample ----------------------------------------------------------------
+
+
+def _tree_map(fn: Any, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_tree_map(fn, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tree_map(fn, v) for k, v in value.items()}
+    return value
+
+
+def _leaves(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+
+
+def _clone_args(sample: Any, requires_grad: bool = False) -> tuple[tuple, dict]:
+    def clone(t: torch.Tensor) -> torch.Tensor:
+        c = t.detach().clone()
+        return c.requires_grad_(t.requires_grad) if requires_grad else c
+
+    args = _tree_map(clone, (sample.input, *sample.args))
+    return args, _tree_map(clone, dict(sample.kwargs))
+
+
+def _direct(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def _compiled(op: Any) -> Any:
+    # OpInfo wraps random ops in wrapper_set_seed, whose RNG-state save and
+    # restore Dynamo cannot trace. Only their shapes and dtypes are compared,
+    # so the compiled run calls the op directly.
+    def call(*args: Any, **kwargs: Any) -> Any:
+        saved = _cmi.wrapper_set_seed
+        _cmi.wrapper_set_seed = _direct
+        try:
+            return op.op(*args, **kwargs)
+        finally:
+            _cmi.wrapper_set_seed = saved
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    return torch.compile(call, backend="tpu", options={"strict": True}, dynamic=False)
+
+
+@contextlib.contextmanager
+def _timeout(seconds: int) -> Iterator[None]:
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"sample took longer than {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _describe(exc: BaseException) -> Result:
+    chain, seen = exc, set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if isinstance(chain, torchtpu.UnsupportedOpError):
+            return Result("fail", "unsupported", _first_line(chain))
+        chain = chain.__cause__ or chain.__context__
+    if isinstance(exc, TimeoutError):
+        return Result("fail", "timeout", str(exc))
+    if isinstance(exc, AssertionError):
+        return Result("fail", "mismatch", _first_line(exc, 600))
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
+    return Result("fail", "error", f"{type(exc).__name__}{where}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip()
+    if "torchtpu cannot lower" in text:
+        text = text[text.index("torchtpu cannot lower") :]
+    return " ".join(text.split("\n")[0:1] if len(text) < limit else text.split())[:limit]
+
+
+def _run_compiled(op: Any, args: tuple, kwargs: dict) -> tuple[Any, Result | None]:
+    """Call ``op`` compiled; the result is None unless the graph fell short of XLA."""
+    before = torchtpu.metrics()["executions"]
+    out = _compiled(op)(*args, **kwargs)
+    return out, None if torchtpu.metrics()["executions"] > before else Result(
+        "fail", "not-compiled", "no graph reached XLA: Dynamo ran the op eagerly"
+    )
+
+
+def _graph_breaks() -> Result | None:
+    breaks = torch._dynamo.utils.counters["graph_break"]
+    if not breaks:
+        return None
+    reason = next(iter(breaks))
+    return Result(
+        "fail", "graph-break", f"Dynamo graph break: {' '.join(str(reason).split())}"[:300]
+    )
+
+
+def check_forward(op: Any, sample: Any, dtype: torch.dtype) -> Result:
+    """Compare ``op`` on ``sample`` through torchtpu with eager PyTorch."""
+    try:
+        args, kwargs = _clone_args(sample)
+        expected = op.op(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a sample eager rejects says nothing about us
+        return Result("skip", "eager-error", _first_line(exc))
+    try:
+        with _timeout(SAMPLE_TIMEOUT_S):
+            args, kwargs = _clone_args(sample)
+            actual, short = _run_compiled(op, args, kwargs)
+            short = _graph_breaks() or short
+            if short is not None:
+                return short
+            if meta_only(op):
+                compare_meta(actual, expected)
+            else:
+                override = tolerance_override(op_id(op), dtype_name(dtype), False)
+                compare(actual, expected, dtype, override)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a verdict
+        return _describe(exc)
+    return PASS
+
+
+def _grad_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    return [t for t in _leaves((args, kwargs)) if t.requires_grad]
+
+
+def _grads(op: Any, fn: Any, sample: Any) -> list[torch.Tensor] | None:
+    args, kwargs = _clone_args(sample, requires_grad=True)
+    inputs = _grad_inputs(args, kwargs)
+    out = sample.output_process_fn_grad(fn(*args, **kwargs))
+    outs = [t for t in _leaves(out) if t.requires_grad]
+    if not inputs or not outs:
+        return None
+    torch.manual_seed(1)
+    cotangents = [torch.randn_like(t) for t in outs]
+    grads = torch.autograd.grad(outs, inputs, cotangents, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs, strict=True)]
+
+
+def check_grad(op: Any, sample: Any) -> Result:
+    """Compare ``torch.autograd.grad`` through torchtpu with eager PyTorch's."""
+    try:
+        expected = _grads(op, op.op, sample)
+    except Exception as exc:  # noqa: BLE001
+        return Result("skip", "eager-error", _first_line(exc))
+    if expected is None:
+        return Result("skip", "no-grad", "no differentiable input or output")
+    try:
+        with _timeout(SAMPLE_TIMEOUT_S):
+            before = torchtpu.metrics()["executions"]
+            actual = _grads(op, _compiled(op), sample)
+            short = _graph_breaks()
+            if short is None and torchtpu.metrics()["executions"] == before:
+                short = Result("fail", "not-compiled", "no graph reached XLA")
+            if short is not None:
+                return short
+            override = tolerance_override(op_id(op), dtype_name(GRAD_DTYPE), True)
+            compare(actual, expected, GRAD_DTYPE, override, what="gradient")
+    except Exception as exc:  # noqa: BLE001
+        return _describe(exc)
+    return PASS
+
+
+def run_op(
+    op: Any, dtype: torch.dtype, grad: bool = False, limit: int | None = None
+) -> list[Result]:
+    """Verdicts for the first ``limit`` samples (all if None) of ``op`` at ``dtype``."""
+    try:
+        batch = samples(op, dtype, grad, limit)
+    except Exception as exc:  # noqa: BLE001
+        return [Result("skip", "no-samples", _first_line(exc))]
+    if not batch:
+        return [Result("skip", "no-samples", "OpInfo gives no sample at this dtype")]
+    check = (lambda s: check_grad(op, s)) if grad else (lambda s: check_forward(op, s, dtype))
+    return [check(s) for s in batch]
+
+
+def expected_reason(op: Any, dtype: torch.dtype, grad: bool) -> str | None:
+    return expected_failure(op_id(op), dtype_name(dtype), grad)
+
+
+__all__ = [
+    "FAST_DTYPES",
+    "FORWARD_DTYPES",
+    "GRAD_DTYPE",
+    "Result",
+    "all_ops",
+    "check_forward",
+    "check_grad",
+    "expected_reason",
+    "forward_dtypes",
+    "op_id",
+    "run_op",
+    "supports_grad",
+    "tolerance_for",
+]
