@@ -32,6 +32,12 @@ class Options:
     cache_dir: JAX persistent compilation cache; ``""`` disables it.
         Env: ``TORCHTPU_CACHE_DIR`` (default ``~/.cache/torchtpu/xla``).
     debug: record where each compile came from. Env: ``TORCHTPU_DEBUG``.
+    eager: device mode runs each op at once (asynchronously) instead of
+        recording it into a fused program. Env: ``TORCHTPU_EAGER``.
+    blocking: device mode runs each op at once and waits for it, so an error
+        is raised at the Python line that caused it. Env: ``TORCHTPU_BLOCKING``.
+    max_graph_ops: device mode runs the recorded graph once it holds this many
+        ops. Env: ``TORCHTPU_MAX_GRAPH_OPS`` (default 20000).
     """
 
     platform: str | None = dataclasses.field(
@@ -40,6 +46,11 @@ class Options:
     strict: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_STRICT"))
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     debug: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_DEBUG"))
+    eager: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_EAGER"))
+    blocking: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_BLOCKING"))
+    max_graph_ops: int = dataclasses.field(
+        default_factory=lambda: int(os.environ.get("TORCHTPU_MAX_GRAPH_OPS") or 20000)
+    )
 
 
 _OPTIONS = Options()

@@ -26,6 +26,14 @@ def _fresh() -> dict[str, Any]:
         "device_to_host": 0,
         "persistent_cache_hits": 0,
         "persistent_cache_misses": 0,
+        "syncs": collections.Counter(),
+        "fused_compiles": 0,
+        "fused_cache_hits": 0,
+        "fused_runs": 0,
+        "fused_ops": 0,
+        "fused_max_ops": 0,
+        "eager_ops": 0,
+        "compile_sites": collections.Counter(),
     }
 
 
@@ -54,6 +62,16 @@ def metrics() -> dict[str, Any]:
     (tensors uploaded), ``resident_hits`` (inputs already on the device) and
     ``device_to_host``; ``persistent_cache_hits`` / ``persistent_cache_misses``
     (programs found in, or added to, the on-disk compilation cache).
+
+    Device mode (tensors on ``"tpu"``): ``syncs`` (reason -> times the
+    recorded graph was run: ``item``, ``to_cpu``, ``print``, ``explicit``,
+    ``optimizer_step``, ``graph_size``, ``fallback``), ``fused_compiles``
+    (fused programs built; also counted in ``compiles``), ``fused_cache_hits``
+    (syncs that reused a fused program), ``fused_runs``, ``fused_ops`` (ops
+    run in fused programs), ``fused_max_ops`` (the largest fused graph),
+    ``eager_ops`` (ops run one at a time in strict eager mode) and, with
+    ``TORCHTPU_DEBUG=1``, ``compile_sites`` (the Python line that caused each
+    fused compile -> count).
 
     Example::
 

@@ -1,0 +1,824 @@
+"""``TPUTensor``: the tensor of the ``tpu`` device, and how each ATen op reaches JAX.
+
+A ``TPUTensor`` is a wrapper subclass with no storage of its own. It points at
+a :class:`Storage` (the value of a base tensor, shared by all its views) and a
+*view chain*, the view ops that lead from the base to this tensor. Reading a
+view replays the chain on the base's current value; an in-place op on a view
+writes through the chain with the matching ``*_scatter`` ops. So aliasing
+behaves as in eager PyTorch while every recorded op stays functional, which is
+what XLA needs.
+
+``__torch_dispatch__`` sees ATen ops below autograd. Each op takes one of these
+roads, decided once per op:
+
+- a *handler* (transfers, ``copy_``, ``.item()``, aliases, AMP helpers);
+- a *view*: computed like any op, and its result shares the base's storage;
+- an *in-place* or ``out=`` op: its functional twin is computed and written back;
+- a *functional* op: a :class:`~torchtpu.device.lazy.Recipe` per signature,
+  from the lowering registry, else a decomposition from
+  ``torchtpu.decompose.decomposition_table()``, else a counted eager fallback
+  on the CPU (an error in strict mode).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+
+from torchtpu.config import options
+from torchtpu.device import lazy
+from torchtpu.device.lazy import SCALAR, TENSOR, Recipe, Value
+from torchtpu.errors import UnsupportedOpError, unsupported_message
+from torchtpu.lower.dtypes import to_jax_dtype
+from torchtpu.lower.registry import lookup
+from torchtpu.metrics import bump, count_fallback
+from torchtpu.runtime import jax_scope
+
+aten = torch.ops.aten
+DEVICE_TYPE = "tpu"
+
+
+class Storage:
+    """The current value of a base tensor; ``version`` counts writes to it."""
+
+    __slots__ = ("value", "version")
+
+    def __init__(self, value: Value) -> None:
+        self.value = value
+        self.version = 0
+
+
+class TPUTensor(torch.Tensor):
+    """A tensor on the ``tpu`` device. Make one with ``tensor.to("tpu")``.
+
+    Example::
+
+        import torch, torchtpu
+        x = torch.ones(3).to("tpu")
+        print((x * 2).sum().item())   # 6.0
+    """
+
+    _st: Storage
+    _chain: tuple
+    _cv: Value | None
+    _cver: int
+
+    # Ops are handled at the dispatch level only; skipping __torch_function__
+    # keeps Python-level overhead per op low.
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001
+        return dispatch(func, args, kwargs or {})
+
+    # Makes the subclass "traceable", which is what tells Module._apply to swap
+    # parameters in place: model.to("tpu") keeps tied weights tied.
+    def __tensor_flatten__(self) -> tuple[list[str], Any]:
+        return [], None
+
+    @staticmethod
+    def __tensor_unflatten__(inner: Any, ctx: Any, size: Any, stride: Any) -> Any:
+        raise NotImplementedError("tpu tensors cannot be rebuilt from inner tensors")
+
+    def __repr__(self, *, tensor_contents: Any = None) -> str:
+        text = torch._tensor_str._str(to_cpu(self.detach(), "print"))
+        suffix = f", device='{self.device}'"
+        if self.grad_fn is not None:
+            suffix += f", grad_fn=<{type(self.grad_fn).__name__}>"
+        elif self.requires_grad:
+            suffix += ", requires_grad=True"
+        body = text[:-1] + suffix + ")"
+        return "Parameter containing:\n" + body if getattr(self, "_is_param", False) else body
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        if self.dim() == 0:
+            return self.item().__format__(spec)
+        return repr(self)
+
+    def __reduce_ex__(self, proto: int) -> Any:
+        # Saved as a CPU tensor: the file loads anywhere, with or without torchtpu.
+        cpu = to_cpu(self.detach(), "to_cpu")
+        if getattr(self, "_is_param", False):
+            cpu = torch.nn.Parameter(cpu, requires_grad=self.requires_grad)
+        return cpu.__reduce_ex__(proto)
+
+    def __deepcopy__(self, memo: dict) -> TPUTensor:
+        with torch.no_grad():
+            out = self.clone()
+        out.requires_grad_(self.requires_grad)
+        if getattr(self, "_is_param", False):
+            out = torch.nn.Parameter(out, requires_grad=self.requires_grad)
+        memo[id(self)] = out
+        return out
+
+
+@functools.cache
+def device() -> torch.device:
+    return torch.device(DEVICE_TYPE, 0)
+
+
+def wrap(value: Value, storage: Storage | None = None, chain: tuple = ()) -> TPUTensor:
+    out = torch.Tensor._make_wrapper_subclass(
+        TPUTensor, value.shape, dtype=value.dtype, device=device()
+    )
+    out._st = storage if storage is not None else Storage(value)
+    out._chain = chain
+    out._cv = value
+    out._cver = out._st.version
+    return out
+
+
+def read(t: TPUTensor) -> Value:
+    """The current value of ``t``, replaying its view chain if the base changed."""
+    chain = t._chain
+    if not chain:
+        return t._st.value
+    st = t._st
+    if t._cver == st.version:
+        return t._cv
+    v = st.value
+    for step in chain:
+        v = _apply_step(step, v)
+    t._cv = v
+    t._cver = st.version
+    return v
+
+
+def write(t: TPUTensor, v: Value) -> None:
+    """Make ``v`` (already of ``t``'s shape and dtype) the value of ``t``, through its views."""
+    st = t._st
+    chain = t._chain
+    if chain:
+        xs = [st.value]
+        for step in chain[:-1]:
+            xs.append(_apply_step(step, xs[-1]))
+        y = v
+        for step, x in zip(reversed(chain), reversed(xs), strict=True):
+            y = _scatter_step(step, x, y)
+        st.value = y
+    else:
+        st.value = v
+    st.version += 1
+    t._cv = v
+    t._cver = st.version
+
+
+# --- transfers --------------------------------------------------------------------
+
+
+def upload(t: torch.Tensor) -> Value:
+    """A ready value holding a copy of CPU tensor ``t``."""
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    t = t.cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        data = t.view(torch.int16).numpy().view(to_jax_dtype(torch.bfloat16))
+    else:
+        data = t.numpy()
+    # A copy: later in-place edits of the CPU tensor must not reach the device value.
+    with jax_scope() as dev:
+        array = jax.device_put(np.array(data, copy=True), dev)
+    bump("host_to_device")
+    bump("host_to_device_bytes", t.numel() * t.element_size())
+    return Value(tuple(t.shape), t.dtype, array)
+
+
+def materialize(v: Value, reason: str) -> jax.Array:
+    if v.array is None:
+        lazy.sync(reason)
+    assert v.array is not None
+    return v.array
+
+
+def to_cpu(t: TPUTensor, reason: str) -> torch.Tensor:
+    """A CPU copy of ``t``'s value, running the pending graph if it is needed."""
+    v = read(t)
+    host = np.asarray(materialize(v, reason))
+    bump("device_to_host")
+    if v.dtype == torch.bfloat16:
+        return torch.from_numpy(host.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.array(host, copy=True)).reshape(v.shape)
+
+
+# --- dispatch -----------------------------------------------------------------------
+
+
+def dispatch(func: Any, args: tuple, kwargs: dict) -> Any:
+    handler = _HANDLERS.get(func)
+    if handler is not None:
+        return handler(func, args, kwargs)
+    road = _ROADS.get(func)
+    if road is None:
+        road = _ROADS[func] = _choose_road(func)
+    return road(func, args, kwargs)
+
+
+def _choose_road(func: Any) -> Callable[..., Any]:
+    if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+        return _decompose_implicit
+    if func.is_view and func not in _COPYING_VIEWS:
+        return _view
+    schema = func._schema
+    if schema.is_mutable:
+        twin = _functional_twin(func)
+        if twin is not None:
+            return functools.partial(_mutating, twin=twin)
+        return _fallback
+    if func.namespace not in {"aten", "prims"}:
+        return _fallback
+    return _functional
+
+
+def _decompose_implicit(func: Any, args: tuple, kwargs: dict) -> Any:
+    # Ops such as aten.to.device that PyTorch implements with other ops.
+    return func.decompose(*args, **kwargs)
+
+
+def _functional_twin(func: Any) -> Any:
+    """``aten.add.Tensor`` for ``aten.add_.Tensor`` or ``aten.add.out``; ``None`` if unknown."""
+    if func in _TWINS:
+        return _TWINS[func]
+    name = func._schema.name.split("::")[-1]
+    overload = func._overloadname
+    written = [a for a in func._schema.arguments if a.alias_info and a.alias_info.is_write]
+    if name.endswith("_") and not name.endswith("__") and written and written[0].name == "self":
+        packet = getattr(aten, name[:-1], None)
+        return getattr(packet, overload, None) if packet is not None else None
+    if written and all(a.kwarg_only for a in written):
+        packet = getattr(aten, name, None)
+        if packet is None:
+            return None
+        wanted = [a.name for a in func._schema.arguments if not a.kwarg_only or not a.alias_info]
+        for candidate in packet.overloads():
+            op = getattr(packet, candidate)
+            if op is func or op._schema.is_mutable:
+                continue
+            if [a.name for a in op._schema.arguments] == wanted:
+                return op
+    return None
+
+
+# --- signatures: the key that finds an op's recipe ------------------------------------
+
+_RECIPES: dict[Any, Any] = {}
+_STATIC_SCALAR_OPS: set[Any] = set()
+_CPU_OK = {aten.index.Tensor, aten.index_put.default, aten._unsafe_index.Tensor}
+
+
+class _Decomposed:
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+
+class _FallBack:
+    pass
+
+
+_FALLBACK = _FallBack()
+
+
+def _encode(a: Any, vals: list, scalars: list, dyn: bool, func: Any) -> Any:
+    t = type(a)
+    if t is TPUTensor:
+        v = read(a)
+        vals.append(v)
+        return (v.shape, v.dtype)
+    if t is Value:
+        vals.append(a)
+        return (a.shape, a.dtype)
+    if t is float:
+        if dyn:
+            scalars.append(a)
+            return float
+        return (float, a)
+    if t is list or t is tuple:
+        return tuple(_encode(x, vals, scalars, dyn, func) for x in a)
+    if isinstance(a, torch.Tensor):
+        if isinstance(a, TPUTensor):  # a Parameter after swap, or a further subclass
+            v = read(a)
+            vals.append(v)
+            return (v.shape, v.dtype)
+        if a.device.type == "cpu" and a.dim() == 0:
+            scalars.append(a.item())
+            return ("cpu", a.dtype)
+        if a.device.type == "cpu" and func in _CPU_OK:
+            v = upload(a)
+            vals.append(v)
+            return (v.shape, v.dtype)
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found at least two devices, "
+            f"{device()} and {a.device}! (when checking arguments for {func}). Move the tensor "
+            f"with .to('{DEVICE_TYPE}'), or use a 0-dim CPU tensor as a scalar."
+        )
+    return a
+
+
+def _template(a: Any, dyn: bool) -> Any:
+    t = type(a)
+    if t is Value or isinstance(a, TPUTensor):
+        return TENSOR
+    if t is float:
+        return SCALAR if dyn else a
+    if isinstance(a, torch.Tensor):
+        return SCALAR if a.dim() == 0 and a.device.type == "cpu" else TENSOR
+    if t is list or t is tuple:
+        return t(_template(x, dyn) for x in a)
+    return a
+
+
+def _meta(a: Any) -> Any:
+    t = type(a)
+    if t is Value:
+        return torch.empty(a.shape, dtype=a.dtype, device="meta")
+    if isinstance(a, TPUTensor):
+        return torch.empty(tuple(a.shape), dtype=a.dtype, device="meta")
+    if isinstance(a, torch.Tensor) and a.dim() > 0:
+        return torch.empty(tuple(a.shape), dtype=a.dtype, device="meta")
+    if isinstance(a, torch.device) and a.type == DEVICE_TYPE:
+        return torch.device("meta")
+    if t is list or t is tuple:
+        return t(_meta(x) for x in a)
+    return a
+
+
+def _structure(out: Any, outputs: list) -> Any:
+    """``out`` with each tensor replaced by its index in ``outputs`` (which it fills)."""
+    if isinstance(out, torch.Tensor):
+        outputs.append((tuple(out.shape), out.dtype))
+        return _Out(len(outputs) - 1)
+    if isinstance(out, (tuple, list)):
+        return (
+            type(out)(_structure(o, outputs) for o in out)
+            if type(out) in (tuple, list)
+            else (tuple(_structure(o, outputs) for o in out))
+        )
+    return out
+
+
+class _Out:
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _rebuild(structure: Any, values: list[Value]) -> Any:
+    if type(structure) is _Out:
+        return wrap(values[structure.index])
+    if type(structure) in (tuple, list):
+        return type(structure)(_rebuild(s, values) for s in structure)
+    return structure
+
+
+def _lookup(func: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Value], list[Any]]:
+    """The recipe for this call (making it on first sight), and its tensor and scalar inputs."""
+    while True:
+        dyn = func not in _STATIC_SCALAR_OPS
+        vals: list[Value] = []
+        scalars: list[Any] = []
+        key = (
+            func,
+            _encode(args, vals, scalars, dyn, func),
+            tuple((k, _encode(v, vals, scalars, dyn, func)) for k, v in kwargs.items())
+            if kwargs
+            else (),
+        )
+        recipe = _RECIPES.get(key)
+        if recipe is None:
+            recipe = _make_recipe(func, args, kwargs, vals, scalars, dyn)
+            if recipe is None:  # dynamic scalars refused: retry with them static
+                _STATIC_SCALAR_OPS.add(func)
+                continue
+            _RECIPES[key] = recipe
+        return recipe, vals, scalars
+
+
+def _make_recipe(
+    func: Any, args: tuple, kwargs: dict, vals: list[Value], scalars: list, dyn: bool
+) -> Any:
+    try:
+        meta_out = func(*_meta(args), **{k: _meta(v) for k, v in kwargs.items()})
+    except Exception as exc:
+        if _is_user_error(exc):
+            raise
+        return _decomposition_or_fallback(func)
+    outputs: list = []
+    structure = _structure(meta_out, outputs)
+    lowering = lookup(func)
+    if lowering is None:
+        return _decomposition_or_fallback(func)
+    template = (_template(args, dyn), {k: _template(v, dyn) for k, v in kwargs.items()})
+    recipe = Recipe(func, lowering, template, len(vals), outputs, structure)
+    specs = [jax.ShapeDtypeStruct(v.shape, to_jax_dtype(v.dtype)) for v in vals]
+    specs += [lazy._scalar_spec(s) for s in scalars]
+    try:
+        with jax_scope():
+            shapes = jax.eval_shape(
+                lambda *xs: recipe.compute(xs, lazy.RngStream(jax.random.key(0))), *specs
+            )
+        if [tuple(s.shape) for s in shapes] != [shape for shape, _ in outputs]:
+            raise ValueError(f"lowering gives shapes {[s.shape for s in shapes]}")
+    except Exception:
+        if scalars and dyn:
+            return None
+        return _decomposition_or_fallback(func)
+    return recipe
+
+
+def _is_user_error(exc: Exception) -> bool:
+    # Meta kernels check arguments as eager PyTorch does: a shape or dtype
+    # mistake is the user's, and is raised here, at the line that made it.
+    text = str(exc).lower()
+    if isinstance(exc, NotImplementedError) or "meta" in text or "data-dependent" in text:
+        return False
+    return type(exc).__name__ not in {"DynamicOutputShapeException", "DataDependentOutputException"}
+
+
+@functools.cache
+def _decompositions() -> dict[Any, Any]:
+    from torchtpu.decompose import decomposition_table
+
+    return decomposition_table()
+
+
+def _decomposition_or_fallback(func: Any) -> Any:
+    fn = _decompositions().get(func)
+    if fn is not None:
+        return _Decomposed(fn)
+    return _FALLBACK
+
+
+# --- the roads ------------------------------------------------------------------------
+
+
+def _functional(func: Any, args: tuple, kwargs: dict) -> Any:
+    recipe, vals, scalars = _lookup(func, args, kwargs)
+    if type(recipe) is Recipe:
+        return _rebuild(recipe.structure, lazy.record(recipe, vals, scalars))
+    if type(recipe) is _Decomposed:
+        return recipe.fn(*_wrap_values(args), **_wrap_values(kwargs))
+    return _fallback(func, args, kwargs)
+
+
+def _values(func: Any, args: tuple, kwargs: dict) -> list[Value]:
+    """The flat tensor results of ``func``, as values (for internal steps)."""
+    recipe, vals, scalars = _lookup(func, args, kwargs)
+    if type(recipe) is Recipe:
+        return lazy.record(recipe, vals, scalars)
+    out = _functional(func, _wrap_values(args), _wrap_values(kwargs))
+    return [read(t) for t in _flat_tensors(out)]
+
+
+def _wrap_values(a: Any) -> Any:
+    if type(a) is Value:
+        return wrap(a)
+    if type(a) in (list, tuple):
+        return type(a)(_wrap_values(x) for x in a)
+    if type(a) is dict:
+        return {k: _wrap_values(v) for k, v in a.items()}
+    return a
+
+
+def _flat_tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flat_tensors(o)]
+    return []
+
+
+def _fit(v: Value, shape: tuple, dtype: torch.dtype, func: Any) -> Value:
+    """``v`` cast to ``dtype`` and broadcast to ``shape``, as an in-place result must be."""
+    if v.dtype != dtype:
+        (v,) = _values(aten._to_copy.default, (v,), {"dtype": dtype})
+    if v.shape != shape:
+        try:
+            torch.broadcast_shapes(v.shape, shape) == torch.Size(shape) or _raise()
+        except RuntimeError:
+            raise RuntimeError(
+                f"{func}: output with shape {list(shape)} doesn't match the broadcast shape "
+                f"{list(torch.broadcast_shapes(v.shape, shape))}"
+            ) from None
+        (v,) = _values(aten.expand.default, (v, list(shape)), {})
+    return v
+
+
+def _raise() -> bool:
+    raise RuntimeError("shape mismatch")
+
+
+def _mutating(func: Any, args: tuple, kwargs: dict, *, twin: Any) -> Any:
+    if "out" in kwargs or (func._schema.arguments and func._schema.arguments[0].name != "self"):
+        return _out_variant(func, args, kwargs, twin)
+    self = args[0]
+    if not isinstance(self, TPUTensor):
+        return _fallback(func, args, kwargs)
+    (v,) = _values(twin, args, kwargs)[:1]
+    write(self, _fit(v, read(self).shape, self.dtype, func))
+    return self
+
+
+def _out_variant(func: Any, args: tuple, kwargs: dict, twin: Any) -> Any:
+    written = [a.name for a in func._schema.arguments if a.alias_info and a.alias_info.is_write]
+    outs = [kwargs[name] for name in written]
+    rest = {k: v for k, v in kwargs.items() if k not in written}
+    results = _values(twin, args, rest)
+    for out, v in zip(outs, results, strict=False):
+        if tuple(out.shape) != v.shape:
+            raise RuntimeError(
+                f"{func}: out= tensors on {DEVICE_TYPE} cannot be resized (out has shape "
+                f"{list(out.shape)}, the result {list(v.shape)}); pass an out of the right shape"
+            )
+        write(out, _fit(v, v.shape, out.dtype, func))
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+# --- views ------------------------------------------------------------------------------
+
+# View ops whose results we treat as copies: writing through them is an error
+# in PyTorch (expand) or too rare to be worth an inverse.
+_COPYING_VIEWS = {
+    aten.expand.default,
+    aten.unfold.default,
+    aten.view.dtype,
+    aten.view_as_real.default,
+    aten.view_as_complex.default,
+    aten._reshape_alias.default,
+    aten.as_strided.default,
+}
+_ALIASES = {aten.alias.default, aten.detach.default, aten.lift_fresh.default}
+
+
+def _view(func: Any, args: tuple, kwargs: dict) -> Any:
+    base = args[0]
+    if not isinstance(base, TPUTensor):
+        return _fallback(func, args, kwargs)
+    out = _functional(func, args, kwargs)
+    rest = tuple(args[1:])
+    if isinstance(out, torch.Tensor):
+        _alias(out, base, (func, rest, kwargs))
+        return out
+    # Multi-output views (split, unbind): each piece is a slice or select of the base.
+    dim = _split_dim(func, args, kwargs)
+    start = 0
+    for piece in out:
+        if func is aten.unbind.int:
+            step = (aten.select.int, (dim, start), {})
+            start += 1
+        else:
+            size = piece.shape[dim]
+            step = (aten.slice.Tensor, (dim, start, start + size), {})
+            start += size
+        _alias(piece, base, step)
+    return out
+
+
+def _split_dim(func: Any, args: tuple, kwargs: dict) -> int:
+    for name, pos in (("dim", 2), ("dim", 1)):
+        if name in kwargs:
+            return kwargs[name] % max(args[0].dim(), 1)
+        if func is aten.unbind.int and pos == 1 and len(args) > 1:
+            return args[1] % max(args[0].dim(), 1)
+        if func is not aten.unbind.int and pos == 2 and len(args) > 2:
+            return args[2] % max(args[0].dim(), 1)
+    return 0
+
+
+def _alias(out: TPUTensor, base: TPUTensor, step: tuple) -> None:
+    out._st = base._st
+    out._chain = base._chain + (step,)
+    out._cver = base._st.version
+
+
+def _apply_step(step: tuple, v: Value) -> Value:
+    func, rest, kwargs = step
+    return _values(func, (v, *rest), kwargs)[0]
+
+
+def _scatter_step(step: tuple, base: Value, src: Value) -> Value:
+    func, rest, kwargs = step
+    scatter = _SCATTERS.get(func)
+    if scatter is None:
+        raise RuntimeError(
+            f"torchtpu: an in-place op wrote to a view made by {func}, which device mode "
+            f"cannot write through; call .clone() on the view first"
+        )
+    return scatter(base, src, rest, kwargs)
+
+
+def _reshape_back(base: Value, src: Value, rest: tuple, kwargs: dict) -> Value:
+    return _values(aten.view.default, (src, list(base.shape)), {})[0]
+
+
+def _permute_back(base: Value, src: Value, rest: tuple, kwargs: dict) -> Value:
+    dims = [d % len(base.shape) for d in rest[0]]
+    inverse = [dims.index(i) for i in range(len(dims))]
+    return _values(aten.permute.default, (src, inverse), {})[0]
+
+
+def _transpose_back(base: Value, src: Value, rest: tuple, kwargs: dict) -> Value:
+    if not rest:  # t()
+        return _values(aten.t.default, (src,), {})[0]
+    return _values(aten.transpose.int, (src, *rest), kwargs)[0]
+
+
+def _scatter_with(op: Any) -> Callable[..., Value]:
+    def scatter(base: Value, src: Value, rest: tuple, kwargs: dict) -> Value:
+        return _values(op, (base, src, *rest), kwargs)[0]
+
+    return scatter
+
+
+_SCATTERS: dict[Any, Callable[..., Value]] = {
+    aten.slice.Tensor: _scatter_with(aten.slice_scatter.default),
+    aten.select.int: _scatter_with(aten.select_scatter.default),
+    aten.diagonal.default: _scatter_with(aten.diagonal_scatter.default),
+    aten.t.default: _transpose_back,
+    aten.transpose.int: _transpose_back,
+    aten.permute.default: _permute_back,
+    **{
+        op: _reshape_back
+        for op in (
+            aten.view.default,
+            aten._unsafe_view.default,
+            aten.reshape.default,
+            aten.unsqueeze.default,
+            aten.squeeze.default,
+            aten.squeeze.dim,
+            aten.squeeze.dims,
+            aten.flatten.using_ints,
+            aten.unflatten.int,
+        )
+    },
+}
+
+
+def _alias_handler(func: Any, args: tuple, kwargs: dict) -> TPUTensor:
+    src = args[0]
+    out = wrap(read(src), src._st, src._chain)
+    return out
+
+
+# --- handlers -----------------------------------------------------------------------------
+
+
+def _copy_(func: Any, args: tuple, kwargs: dict) -> Any:
+    dst, src = args[0], args[1]
+    if not isinstance(dst, TPUTensor):
+        dst.copy_(to_cpu(src, "to_cpu"))
+        return dst
+    v = read(src) if isinstance(src, TPUTensor) else upload(src)
+    write(dst, _fit(v, read(dst).shape, dst.dtype, func))
+    return dst
+
+
+def _copy_from(func: Any, args: tuple, kwargs: dict) -> Any:
+    src, dst = args[0], args[1]
+    return _copy_(aten.copy_.default, (dst, src), {})
+
+
+def _to_copy(func: Any, args: tuple, kwargs: dict) -> Any:
+    src = args[0]
+    target = kwargs.get("device")
+    dtype = kwargs.get("dtype")
+    if not isinstance(src, TPUTensor):  # CPU -> tpu
+        return wrap(upload(src if dtype is None else src.to(dtype)))
+    if target is not None and torch.device(target).type != DEVICE_TYPE:
+        out = to_cpu(src, "to_cpu")
+        if dtype is not None:
+            out = out.to(dtype)
+        return out.to(target) if torch.device(target).type != "cpu" else out
+    if dtype is None or dtype == src.dtype:
+        return _functional(aten.clone.default, (src,), {})
+    return _functional(aten._to_copy.default, (src,), {"dtype": dtype})
+
+
+def _item(func: Any, args: tuple, kwargs: dict) -> Any:
+    t = args[0]
+    return to_cpu(t, "item").item()
+
+
+def _fallback(func: Any, args: tuple, kwargs: dict) -> Any:
+    """Run ``func`` in eager PyTorch on the CPU, visibly: warned once, counted, strict errors."""
+    name = str(func)
+    if options().strict:
+        raise UnsupportedOpError(
+            unsupported_message(name, args, kwargs, "no lowering or decomposition for device mode")
+            + "\n(strict mode is on)"
+        )
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(
+            f"torchtpu: {name} has no XLA lowering here; it runs in eager PyTorch on the CPU "
+            "(counted in torchtpu.metrics()['fallbacks']). Set TORCHTPU_STRICT=1 to make this "
+            "an error.",
+            stacklevel=3,
+        )
+    count_fallback(name)
+    written: list[tuple[TPUTensor, torch.Tensor]] = []
+    mutated = {a.name for a in func._schema.arguments if a.alias_info and a.alias_info.is_write}
+    names = [a.name for a in func._schema.arguments]
+
+    def host(a: Any, name: str | None = None) -> Any:
+        if isinstance(a, TPUTensor):
+            cpu = to_cpu(a, "fallback")
+            if name in mutated:
+                written.append((a, cpu))
+            return cpu
+        if type(a) is Value:
+            return to_cpu(wrap(a), "fallback")
+        if isinstance(a, torch.device) and a.type == DEVICE_TYPE:
+            return torch.device("cpu")
+        if type(a) in (list, tuple):
+            return type(a)(host(x, name) for x in a)
+        return a
+
+    cpu_args = tuple(host(a, names[i] if i < len(names) else None) for i, a in enumerate(args))
+    cpu_kwargs = {k: host(v, k) for k, v in kwargs.items()}
+    out = func(*cpu_args, **cpu_kwargs)
+    for t, cpu in written:
+        write(t, upload(cpu))
+    mutated_cpu = {id(cpu): t for t, cpu in written}
+
+    def device_side(o: Any) -> Any:
+        if isinstance(o, torch.Tensor):
+            return mutated_cpu.get(id(o)) or wrap(upload(o))
+        if isinstance(o, (list, tuple)):
+            return type(o)(device_side(x) for x in o)
+        return o
+
+    return device_side(out)
+
+
+_WARNED: set[str] = set()
+
+
+# --- automatic mixed precision helpers (GradScaler) ------------------------------------------
+
+
+def _amp_unscale(func: Any, args: tuple, kwargs: dict) -> None:
+    grads, found_inf, inv_scale = args
+    for g in grads:
+        g.mul_(inv_scale)
+        found_inf.copy_(torch.maximum(found_inf, (~torch.isfinite(g)).any().to(found_inf.dtype)))
+
+
+def _amp_update_scale(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    scale, tracker, found_inf, growth, backoff, interval = args
+    found = found_inf > 0
+    grown = tracker + 1
+    grow_now = (~found) & (grown >= interval)
+    new_scale = torch.where(found, scale * backoff, torch.where(grow_now, scale * growth, scale))
+    tracker.copy_(torch.where(found | grow_now, torch.zeros_like(tracker), grown))
+    scale.copy_(new_scale)
+    return scale
+
+
+def _not_pinned(func: Any, args: tuple, kwargs: dict) -> bool:
+    return False
+
+
+_HANDLERS: dict[Any, Callable[..., Any]] = {
+    aten.copy_.default: _copy_,
+    aten._copy_from.default: _copy_from,
+    aten._to_copy.default: _to_copy,
+    aten._local_scalar_dense.default: _item,
+    aten.is_pinned.default: _not_pinned,
+    aten._amp_foreach_non_finite_check_and_unscale_.default: _amp_unscale,
+    aten._amp_update_scale_.default: _amp_update_scale,
+    **{op: _alias_handler for op in _ALIASES},
+}
+
+_ROADS: dict[Any, Callable[..., Any]] = {}
+
+# In-place ops whose functional twin has another name.
+_TWINS: dict[Any, Any] = {
+    aten.normal_.default: aten.normal_functional.default,
+    aten.bernoulli_.float: aten.bernoulli.p,
+}
+
+
+# --- factories: ops with no tensor argument and device="tpu" ----------------------------
+
+
+def factory(op: Any, *args: Any, **kwargs: Any) -> Any:
+    """The PrivateUse1 kernel of every op that reaches it: ``torch.zeros(..., device="tpu")``."""
+    return dispatch(op, args, kwargs)
+
+
+def new_empty(shape: tuple[int, ...], dtype: torch.dtype) -> TPUTensor:
+    """A zero-filled tensor (device mode never exposes uninitialised memory)."""
+    with jax_scope() as dev:
+        array = jax.device_put(np.zeros(shape, to_jax_dtype(dtype)), dev)
+    return wrap(Value(tuple(shape), dtype, array))
