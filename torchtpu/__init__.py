@@ -9,9 +9,11 @@ options, metrics and reports.
 
 from torchtpu.capture import tpu_backend
 from torchtpu.config import Options, options, set_options
+from torchtpu.device import device_mode, patch_cuda, set_device_mode, sync
 from torchtpu.errors import LoweringUnsupported, TorchTPUError, UnsupportedOpError
 from torchtpu.metrics import metrics, report, reset_metrics
 from torchtpu.run.executor import clear_program_cache, compile_log
+from torchtpu.train import CompiledStep, compile_step
 
 __version__ = "0.1.0"
 
@@ -20,12 +22,18 @@ __all__ = [
     "Options",
     "TorchTPUError",
     "UnsupportedOpError",
+    "CompiledStep",
     "clear_program_cache",
     "compile_log",
+    "device_mode",
+    "compile_step",
     "metrics",
     "options",
+    "patch_cuda",
     "report",
     "reset_metrics",
+    "set_device_mode",
     "set_options",
+    "sync",
     "tpu_backend",
 ]

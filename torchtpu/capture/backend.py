@@ -16,9 +16,9 @@ import torch
 import torch.fx
 from torch._dynamo.backends.common import aot_autograd
 
-from torchtpu import metrics
 from torchtpu.config import Options, options
 from torchtpu.decompose import decomposition_table
+from torchtpu.metrics import bump
 from torchtpu.run.executor import GraphExecutor
 
 
@@ -48,7 +48,7 @@ def tpu_backend(
         model(torch.randn(2, 4))
     """
     opts = _options_with(options)
-    metrics.bump("graphs")
+    bump("graphs")
 
     def compiler(name: str):
         def compile_graph(graph: torch.fx.GraphModule, inputs: Sequence[Any]) -> GraphExecutor:

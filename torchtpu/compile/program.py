@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import torch
 import torch.fx
 
-from torchtpu import metrics
 from torchtpu.compile.partition import Segment
 from torchtpu.lower.interpreter import RngStream, needs_rng, run_nodes
+from torchtpu.metrics import bump
 
 
 class Program:
@@ -111,12 +111,15 @@ def _constant_digest(node: torch.fx.Node) -> bytes:
     return repr(value).encode()
 
 
-def build_program(segment: Segment, treedef: Any, leaves: Sequence[Any]) -> Program:
+def build_program(
+    segment: Segment, treedef: Any, leaves: Sequence[Any], donate: Sequence[int] = ()
+) -> Program:
     """Trace ``segment`` with JAX for these inputs, lower it and compile it.
 
     The segment's inputs are ``treedef`` unflattened over ``leaves``: a device
     array (or ``jax.ShapeDtypeStruct``) for each array and the Python value
     itself for each static leaf (sizes of dynamic shapes, ``None``).
+    ``donate`` lists leaf positions whose buffers XLA may reuse for outputs.
     """
     uses_rng = needs_rng(segment.nodes)
     array_pos = [i for i, v in enumerate(leaves) if _is_array_like(v)]
@@ -145,14 +148,16 @@ def build_program(segment: Segment, treedef: Any, leaves: Sequence[Any]) -> Prog
     specs = [jax.ShapeDtypeStruct(leaves[i].shape, leaves[i].dtype) for i in array_pos]
     if uses_rng:
         specs.insert(0, jax.ShapeDtypeStruct((), jnp.uint32))
+    offset = 1 if uses_rng else 0
+    donate_argnums = tuple(array_pos.index(i) + offset for i in donate if i in array_pos)
     start = time.perf_counter()
-    lowered = jax.jit(program).lower(*specs)
+    lowered = jax.jit(program, donate_argnums=donate_argnums).lower(*specs)
     traced_at = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
-    metrics.bump("trace_seconds", traced_at - start)
-    metrics.bump("compile_seconds", done - traced_at)
-    metrics.bump("compiles")
+    bump("trace_seconds", traced_at - start)
+    bump("compile_seconds", done - traced_at)
+    bump("compiles")
     out_treedef = out_treedefs[-1]
     return Program(
         lowered,

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.fx
 
-from torchtpu import metrics
 from torchtpu.compile.partition import Segment, partition
 from torchtpu.compile.program import Program, build_program, fingerprint
 from torchtpu.config import Options, options
 from torchtpu.errors import UnsupportedOpError, describe_value, unsupported_message
 from torchtpu.lower.interpreter import NoLowering, is_lowerable, map_args
+from torchtpu.metrics import bump, count_fallback
 from torchtpu.runtime import from_device, jax_scope, to_device
 
 _PROGRAMS: dict[tuple[str, Any], Program] = {}
@@ -45,7 +45,11 @@ class GraphExecutor:
     """
 
     def __init__(
-        self, gm: torch.fx.GraphModule, opts: Options | None = None, name: str = "graph"
+        self,
+        gm: torch.fx.GraphModule,
+        opts: Options | None = None,
+        name: str = "graph",
+        donate: frozenset[int] = frozenset(),
     ) -> None:
         self.gm = gm
         self.name = name
@@ -61,6 +65,10 @@ class GraphExecutor:
         self.segments = partition(gm.graph, self.eager_nodes)
         self._fingerprints: dict[int, str] = {}
         self._programs: dict[tuple[int, Any], Program] = {}
+        # Placeholders whose device buffers may be reused for outputs. Only safe
+        # when one program consumes them and none is returned unchanged.
+        returned = set(self.output_node.all_input_nodes)
+        self._donate = {self.placeholders[i] for i in donate} - returned
 
     def __repr__(self) -> str:
         xla = sum(not s.eager for s in self.segments)
@@ -73,6 +81,21 @@ class GraphExecutor:
     def programs(self) -> list[Program]:
         """Every program compiled for this graph so far."""
         return list(self._programs.values())
+
+    def run_on_device(self, args: list[Any]) -> list[Any]:
+        """Like calling the executor, but outputs stay device arrays.
+
+        Used by ``torchtpu.compile_step``, whose state lives on the device.
+        """
+        with jax_scope() as device:
+            while True:
+                try:
+                    return self._run(args, device, to_torch=False)
+                except NoLowering as exc:
+                    self._fall_back(exc.node, reason=str(exc))
+                    self.segments = partition(self.gm.graph, self.eager_nodes)
+                    self._programs.clear()
+                    self._fingerprints.clear()
 
     def __call__(self, *args: Any) -> list[Any]:
         # AOTAutograd calls with one list (the boxed convention, which lets us
@@ -113,7 +136,7 @@ class GraphExecutor:
 
     # --- execution ---------------------------------------------------------------
 
-    def _run(self, args: list[Any], device: jax.Device) -> list[Any]:
+    def _run(self, args: list[Any], device: jax.Device, to_torch: bool = True) -> list[Any]:
         env: dict[torch.fx.Node, Any] = dict(zip(self.placeholders, args, strict=True))
         torch_device = next(
             (a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu")
@@ -123,8 +146,10 @@ class GraphExecutor:
                 self._run_eager(segment, env)
             else:
                 self._run_xla(index, segment, env, device)
-        metrics.bump("executions")
+        bump("executions")
         results = map_args(self.output_node.args[0], env)
+        if not to_torch:
+            return results
         return [_to_torch(r, torch_device) for r in results]
 
     def _run_eager(self, segment: Segment, env: dict[torch.fx.Node, Any]) -> None:
@@ -137,7 +162,7 @@ class GraphExecutor:
                 value = getattr(value, part)
             env[node] = value
             return
-        metrics.count_fallback(str(node.target))
+        count_fallback(str(node.target))
         env[node] = node.target(*args, **kwargs)
 
     def _run_xla(
@@ -155,31 +180,48 @@ class GraphExecutor:
         )
         program = self._programs.get((index, signature))
         if program is None:
-            program = self._program_for(index, segment, treedef, leaves, signature)
+            program = self._program_for(index, segment, treedef, leaves, signature, values)
         arrays = [v for v in leaves if isinstance(v, jax.Array)]
         seed = _next_seed(device) if program.uses_rng else None
         for node, value in zip(segment.outputs, program(arrays, seed), strict=True):
             env[node] = value
 
     def _program_for(
-        self, index: int, segment: Segment, treedef: Any, leaves: list[Any], signature: Any
+        self,
+        index: int,
+        segment: Segment,
+        treedef: Any,
+        leaves: list[Any],
+        signature: Any,
+        values: list[Any],
     ) -> Program:
         if index not in self._fingerprints:
             self._fingerprints[index] = fingerprint(segment)
         key = (self._fingerprints[index], signature)
         program = _PROGRAMS.get(key)
         if program is not None:
-            metrics.bump("cache_hits")
+            bump("cache_hits")
         else:
             if any(k[0] == index for k in self._programs):
-                metrics.bump("recompiles")
+                bump("recompiles")
             start = time.perf_counter()
-            program = build_program(segment, treedef, leaves)
+            program = build_program(segment, treedef, leaves, self._donated_leaves(segment, values))
             if self.opts.debug:
                 _log_compile(self.name, segment, time.perf_counter() - start)
             _PROGRAMS[key] = program
         self._programs[(index, signature)] = program
         return program
+
+    def _donated_leaves(self, segment: Segment, values: list[Any]) -> list[int]:
+        if not self._donate or len(self.segments) != 1:
+            return []
+        donated, position = [], 0
+        for node, value in zip(segment.inputs, values, strict=True):
+            count = len(jax.tree_util.tree_leaves(value))
+            if node in self._donate and count == 1:
+                donated.append(position)
+            position += count
+        return donated
 
 
 def _hashable(value: Any) -> Any:

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import jax
 
-from torchtpu import metrics
 from torchtpu.config import options
 from torchtpu.errors import TorchTPUError
+from torchtpu.metrics import bump
 
 _ALIASES = {"cuda": "gpu", "rocm": "gpu"}
 
@@ -55,9 +55,9 @@ _listening = False
 
 def _on_jax_event(event: str, **_: object) -> None:
     if event == "/jax/compilation_cache/cache_hits":
-        metrics.bump("persistent_cache_hits")
+        bump("persistent_cache_hits")
     elif event == "/jax/compilation_cache/cache_misses":
-        metrics.bump("persistent_cache_misses")
+        bump("persistent_cache_misses")
 
 
 def _configure_persistent_cache() -> None:

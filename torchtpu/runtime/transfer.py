@@ -17,8 +17,8 @@ import jax
 import numpy as np
 import torch
 
-from torchtpu import metrics
 from torchtpu.lower.dtypes import to_jax_dtype
+from torchtpu.metrics import bump
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -100,11 +100,11 @@ def to_device(t: torch.Tensor, device: jax.Device) -> jax.Array:
     """The device array for torch tensor ``t``, uploading only if it changed."""
     array = residency.lookup(t, device)
     if array is not None:
-        metrics.bump("resident_hits")
+        bump("resident_hits")
         return array
     array = _upload(t, device)
-    metrics.bump("host_to_device")
-    metrics.bump("host_to_device_bytes", t.numel() * t.element_size())
+    bump("host_to_device")
+    bump("host_to_device_bytes", t.numel() * t.element_size())
     residency.remember(t, array)
     return array
 
@@ -126,7 +126,7 @@ def from_device(array: jax.Array, like: torch.device | None = None) -> torch.Ten
             return out
         except (TypeError, RuntimeError, BufferError):
             pass
-    metrics.bump("device_to_host")
+    bump("device_to_host")
     host = np.asarray(jax.device_get(array))
     if host.dtype == to_jax_dtype(torch.bfloat16):
         out = torch.from_numpy(host.view(np.int16).copy()).view(torch.bfloat16)
