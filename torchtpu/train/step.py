@@ -201,8 +201,9 @@ class CompiledStep:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with jax_scope() as device:
-            layout, flat_batch = self._layout(args, kwargs)
             self._upload_changes(device)
+            self._init_zero_state(device)
+            layout, flat_batch = self._layout(args, kwargs)
             key = self._signature(layout, flat_batch)
             if key not in self._programs:
                 self._programs[key] = self._compile(layout, flat_batch)
@@ -298,6 +299,36 @@ class CompiledStep:
             self._device[key] = _upload_owned(t, self._device_dtype(key, t), device)
             self._seen[key] = (id(t), t._version)
             bump("host_to_device")
+
+    def _init_zero_state(self, device: jax.Device) -> None:
+        """Create Adam/AdamW state up front, as their lazy init would on the first step.
+
+        That init is exactly zeros and a step count of 0, so doing it here lets the
+        first program be the steady-state one instead of compiling two.
+        """
+        index = {id(p): i for i, p in enumerate(self._params())}
+        for o, opt in enumerate(self.optimizers):
+            if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
+                continue
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    i = index[id(p)]
+                    if (
+                        not p.requires_grad
+                        or opt.state.get(p)
+                        or ("state", o, i, "step") in (self._device)
+                    ):
+                        continue
+                    names = ["exp_avg", "exp_avg_sq"] + (
+                        ["max_exp_avg_sq"] if group["amsgrad"] else []
+                    )
+                    like = self._device[("param", i)]
+                    dtype = jax.numpy.float32 if self.stochastic_rounding else like.dtype
+                    with jax.default_device(device):
+                        step_dtype = to_jax_dtype(torch.get_default_dtype())
+                        self._device[("state", o, i, "step")] = jax.numpy.zeros((), step_dtype)
+                        for name in names:
+                            self._device[("state", o, i, name)] = jax.numpy.zeros(like.shape, dtype)
 
     def _torch_target(self, key: tuple, params: list[torch.Tensor], array: jax.Array):
         host = _host_tensor(array)
