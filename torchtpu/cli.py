@@ -2,6 +2,7 @@
 
 torchtpu info                         # versions, devices, cache directory
 torchtpu examine module:factory       # which ops of a model lower or fall back
+torchtpu run script.py [args]         # run a CUDA script unchanged on the tpu device
 """
 
 from __future__ import annotations
@@ -26,6 +27,23 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _run(argv: list[str]) -> int:
+    """Run ``script.py [args]`` as ``__main__`` with CUDA mapped to the tpu device."""
+    import runpy
+    from pathlib import Path
+
+    import torchtpu
+
+    if not argv or argv[0] in {"-h", "--help"}:
+        print("usage: torchtpu run script.py [args ...]\n\n" + torchtpu.patch_cuda.__doc__)
+        return 0 if argv else 2
+    torchtpu.patch_cuda()
+    sys.argv = list(argv)
+    sys.path.insert(0, str(Path(argv[0]).resolve().parent))
+    runpy.run_path(argv[0], run_name="__main__")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torchtpu`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -33,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         from torchtpu.examine import main as examine_main
 
         return int(examine_main(argv[1:]) or 0)
+    if argv and argv[0] == "run":
+        return _run(argv[1:])
     parser = argparse.ArgumentParser(prog="torchtpu", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices and settings").set_defaults(fn=_info)
     sub.add_parser("examine", help="list which ops of a model lower, fall back or fail")
+    sub.add_parser("run", help="run a CUDA script unchanged on the tpu device")
     args = parser.parse_args(argv)
     return args.fn(args)
 

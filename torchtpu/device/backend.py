@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from torchtpu.device import lazy
+from torchtpu.device import amp, lazy
 from torchtpu.device.tensor import DEVICE_TYPE, factory
 
 _LIBRARY: torch.library.Library | None = None
@@ -124,6 +124,7 @@ def install() -> None:
         packet, _, overload = name.partition(".")
         op = getattr(getattr(torch.ops.aten, packet), overload or "default")
         _ATEN_LIBRARY.impl(name, functools.partial(factory, op), "PrivateUse1")
+    amp.install()
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     register_optimizer_step_post_hook(_after_optimizer_step)

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -90,7 +90,8 @@ class Recipe:
         self.outputs = outputs
         self.structure = structure
         self.out_jax_dtypes = [to_jax_dtype(d) for _, d in outputs]
-        self._jitted: Callable[..., Any] | None = None
+        self.specs: list[jax.ShapeDtypeStruct] = []
+        self._compiled: Any = None
 
     def __repr__(self) -> str:
         return f"Recipe({self.op}, {len(self.outputs)} output(s))"
@@ -108,18 +109,22 @@ class Recipe:
 
     def run_now(self, ins: Sequence[Any]) -> list[jax.Array]:
         """Strict eager mode: run this op alone, asynchronously, as its own program."""
-        if self._jitted is None:
+        if self._compiled is None:
             uses_rng = self.lowering.rng
 
             def one_op(seed: Any, *xs: Any) -> list[Any]:
                 key = jax.random.key(seed) if uses_rng else None
                 return self.compute(xs, RngStream(key))
 
-            self._jitted = jax.jit(one_op)
+            seed_spec = jax.ShapeDtypeStruct((), jnp.uint32)
+            self._compiled = jax.jit(one_op).lower(seed_spec, *self.specs).compile()
             bump("compiles")
             bump("fused_compiles")
-        seed = _next_seed() if self.lowering.rng else np.uint32(0)
-        return self._jitted(seed, *ins)
+        seed = _next_seed() if self.lowering.rng else _ZERO_SEED
+        return self._compiled(seed, *ins)
+
+
+_ZERO_SEED = np.uint32(0)
 
 
 class _Marker:
@@ -208,10 +213,17 @@ def _scalar_spec(scalar: Any) -> jax.ShapeDtypeStruct:
     # Weakly typed, as JAX types Python numbers: a float32 tensor times a
     # learning rate stays float32.
     if isinstance(scalar, bool):
-        return jax.ShapeDtypeStruct((), jnp.bool_)
+        return _SPECS[bool]
     if isinstance(scalar, int):
-        return jax.ShapeDtypeStruct((), jnp.int64, weak_type=True)
-    return jax.ShapeDtypeStruct((), jnp.float64, weak_type=True)
+        return _SPECS[int]
+    return _SPECS[float]
+
+
+_SPECS = {
+    bool: jax.ShapeDtypeStruct((), jnp.bool_),
+    int: jax.ShapeDtypeStruct((), jnp.int64, weak_type=True),
+    float: jax.ShapeDtypeStruct((), jnp.float64, weak_type=True),
+}
 
 
 _GRAPH = Graph()
@@ -413,6 +425,17 @@ _OUR_DIRS = (
     os.path.dirname(os.path.abspath(torch.__file__)),
     os.path.dirname(os.path.abspath(os.__file__)),
 )
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(_OUR_DIRS) and not filename.startswith("<"):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
 
 
 def user_site() -> str:

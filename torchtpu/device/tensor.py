@@ -215,9 +215,6 @@ def to_cpu(t: TPUTensor, reason: str) -> torch.Tensor:
 
 
 def dispatch(func: Any, args: tuple, kwargs: dict) -> Any:
-    handler = _HANDLERS.get(func)
-    if handler is not None:
-        return handler(func, args, kwargs)
     road = _ROADS.get(func)
     if road is None:
         road = _ROADS[func] = _choose_road(func)
@@ -383,6 +380,12 @@ def _rebuild(structure: Any, values: list[Value]) -> Any:
 
 def _lookup(func: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Value], list[Any]]:
     """The recipe for this call (making it on first sight), and its tensor and scalar inputs."""
+    if func in _ALPHA_OPS and type(kwargs.get("alpha")) is float and _is_tensor(args[1]):
+        # The lowering branches on alpha (alpha == 1), which a program input
+        # cannot answer; y * alpha keeps a changing learning rate an input.
+        (scaled,) = _values(aten.mul.Tensor, (args[1], kwargs["alpha"]), {})
+        args = (args[0], scaled, *args[2:])
+        kwargs = {k: v for k, v in kwargs.items() if k != "alpha"}
     while True:
         dyn = func not in _STATIC_SCALAR_OPS
         vals: list[Value] = []
@@ -404,6 +407,13 @@ def _lookup(func: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Value], lis
         return recipe, vals, scalars
 
 
+_ALPHA_OPS = {aten.add.Tensor, aten.sub.Tensor}
+
+
+def _is_tensor(a: Any) -> bool:
+    return type(a) is Value or isinstance(a, torch.Tensor)
+
+
 def _make_recipe(
     func: Any, args: tuple, kwargs: dict, vals: list[Value], scalars: list, dyn: bool
 ) -> Any:
@@ -422,6 +432,7 @@ def _make_recipe(
     recipe = Recipe(func, lowering, template, len(vals), outputs, structure)
     specs = [jax.ShapeDtypeStruct(v.shape, to_jax_dtype(v.dtype)) for v in vals]
     specs += [lazy._scalar_spec(s) for s in scalars]
+    recipe.specs = specs
     try:
         with jax_scope():
             shapes = jax.eval_shape(
@@ -723,7 +734,7 @@ def _fallback(func: Any, args: tuple, kwargs: dict) -> Any:
             f"torchtpu: {name} has no XLA lowering here; it runs in eager PyTorch on the CPU "
             "(counted in torchtpu.metrics()['fallbacks']). Set TORCHTPU_STRICT=1 to make this "
             "an error.",
-            stacklevel=3,
+            stacklevel=lazy.user_stacklevel(),
         )
     count_fallback(name)
     written: list[tuple[TPUTensor, torch.Tensor]] = []
@@ -800,7 +811,8 @@ _HANDLERS: dict[Any, Callable[..., Any]] = {
     **{op: _alias_handler for op in _ALIASES},
 }
 
-_ROADS: dict[Any, Callable[..., Any]] = {}
+# The road each op takes, decided on first sight; handlers are fixed roads.
+_ROADS: dict[Any, Callable[..., Any]] = dict(_HANDLERS)
 
 # In-place ops whose functional twin has another name.
 _TWINS: dict[Any, Any] = {
