@@ -29,10 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 sys.path.insert(0, str(ROOT))
 
+import _harness as h  # noqa: E402
 import jax  # noqa: E402
 import torch  # noqa: E402
-
-import _harness as h  # noqa: E402
 
 GRAD = "grad"
 COLUMNS = [h.dtype_name(d) for d in h.FORWARD_DTYPES] + [GRAD]
@@ -74,7 +73,9 @@ def sweep(ops, columns, limit) -> dict[str, dict[str, Cell]]:
                 row[column] = cell
         took = time.perf_counter() - start
         summary = " ".join(f"{c}={cell.text()}" for c, cell in row.items())
-        print(f"[{n}/{len(ops)}] {h.op_id(op)} ({took:.1f}s) {summary}", file=sys.stderr, flush=True)
+        print(
+            f"[{n}/{len(ops)}] {h.op_id(op)} ({took:.1f}s) {summary}", file=sys.stderr, flush=True
+        )
     return table
 
 
@@ -121,15 +122,15 @@ def totals(table, column) -> dict[str, float]:
 
 def render(table, columns, argv, seconds) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = " ".join(["python scripts/conformance.py", *argv])
     lines = [
         "# Op conformance against PyTorch's OpInfo database",
         "",
-        f"Generated {now} by `python scripts/conformance.py{(' ' + ' '.join(argv)) if argv else ''}`"
-        f" in {seconds / 60:.1f} min.",
+        f"Generated {now} by `{command}` in {seconds / 60:.1f} min.",
         f"torch {torch.__version__}, jax {jax.__version__}, python {platform.python_version()}, "
         f"JAX device: {jax.devices()[0].platform}.",
         "",
-        "Each sample of each `op_db` entry runs through `torch.compile(backend=\"tpu\")` in strict",
+        'Each sample of each `op_db` entry runs through `torch.compile(backend="tpu")` in strict',
         "mode (no eager fallback) and is compared with eager PyTorch on the CPU. A sample passes",
         "only if its graph reached XLA, Dynamo did not break the graph, and every output (or",
         "gradient, from `torch.autograd.grad` at float32) matches within the dtype's tolerance",
@@ -213,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(report)
     if args.json:
-        raw = {op: {c: dataclasses.asdict(cell) for c, cell in row.items()} for op, row in table.items()}
+        raw = {
+            op: {c: dataclasses.asdict(cell) for c, cell in row.items()}
+            for op, row in table.items()
+        }
         Path(args.json).write_text(json.dumps(raw, indent=1))
     for column in columns:
         t = totals(table, column)

@@ -30,23 +30,6 @@ _EXTRA = [
 ]
 
 
-# XLA cannot raise on a data-dependent condition, and AOTAutograd threads
-# _linalg_check_errors through an effect token no lowering can express. These
-# ops therefore skip the check: an invalid input (a singular or non-positive-
-# definite matrix) gives NaN or inf, as in JAX, where eager PyTorch raises.
-def _linalg_cholesky(a: torch.Tensor, *, upper: bool = False) -> torch.Tensor:
-    return aten.linalg_cholesky_ex.default(a, upper=upper)[0]
-
-
-def _linalg_inv(a: torch.Tensor) -> torch.Tensor:
-    return aten.linalg_inv_ex.default(a)[0]
-
-
-_UNCHECKED = {
-    aten.linalg_cholesky.default: _linalg_cholesky,
-    aten.linalg_inv.default: _linalg_inv,
-}
-
 # PyTorch decompositions we must not take: they write into a fresh tensor in
 # place (complex, polar), which AOTAutograd's functionalization rejects, or
 # read a tensor's value on the host (bucketize), which tracing cannot do.
@@ -69,7 +52,6 @@ def decomposition_table() -> dict[Any, Any]:
     """
     table = dict(core_aten_decompositions())
     table.update(torch._decomp.get_decompositions(_EXTRA))
-    table.update(_UNCHECKED)
     for op, decomposition in torch._decomp.decomposition_table.items():
         if op not in _REJECTED:
             table.setdefault(op, decomposition)

@@ -1,6 +1,7 @@
 """ATen lowerings, one module per op family. Importing this fills the registry."""
 
 from torchtpu.lower.ops import (  # noqa: F401
+    barrier,
     conv,
     fft,
     indexing,

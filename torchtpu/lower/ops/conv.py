@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from torchtpu.lower.ops._util import accum_dtype, aten
+from torchtpu.lower.ops._util import accum_dtype, aten, is_float
 from torchtpu.lower.registry import register
 
 _SPATIAL = {1: "H", 2: "HW", 3: "DHW"}
@@ -183,6 +183,11 @@ def max_pool_with_indices(x, kernel_size, stride=(), padding=0, dilation=1, ceil
 )
 def max_pool_backward(grad, x, kernel_size, stride, padding, dilation, ceil_mode, indices):
     n = len(_expand(kernel_size, 3 if x.ndim == 5 else 2))
+    return _scatter_plane(grad, x, indices, n)
+
+
+def _scatter_plane(grad, x, indices, n):
+    """Add ``grad`` into a zero input at the flat plane positions in ``indices``."""
     lead = x.shape[:-n]
     plane = math.prod(x.shape[-n:])
     g = grad.reshape(*lead, -1)
@@ -315,3 +320,52 @@ def adaptive_avg_pool3d(x, output_size):
 def adaptive_avg_pool3d_backward(grad, x):
     _, vjp = jax.vjp(lambda x_: _adaptive_avg_pool(x_, grad.shape[-3:]), x)
     return vjp(grad)[0]
+
+
+def _adaptive_windows(size, out):
+    """(out, longest) input positions of each window, and which of them are real."""
+    ranges = [_adaptive_range(i, size, out) for i in range(out)]
+    longest = max(end - start for start, end in ranges)
+    pos = np.array([[min(start + k, end - 1) for k in range(longest)] for start, end in ranges])
+    return pos, longest
+
+
+def _adaptive_max_pool(x, output_size):
+    # Gather every window, padded by repeating its last element (harmless for a
+    # max whose first occurrence wins), and reduce; the index is the flat
+    # position in the input plane, as PyTorch returns it.
+    n = len(output_size)
+    lead, spatial = x.shape[:-n], x.shape[-n:]
+    grids, flat = [], 0
+    for k, size in enumerate(spatial):
+        pos = _adaptive_windows(size, int(output_size[k]))[0]
+        shape = [1] * (2 * n)
+        shape[2 * k], shape[2 * k + 1] = pos.shape
+        grids.append(pos.reshape(shape))
+        flat = flat * size + grids[-1]
+    order = [2 * k for k in range(n)] + [2 * k + 1 for k in range(n)]
+    window_shape = np.broadcast_shapes(*[g.shape for g in grids])
+    flat = np.broadcast_to(flat, window_shape).transpose(order).reshape(*output_size, -1)
+    patches = x[(..., *grids)]
+    patches = jnp.transpose(patches, [*range(len(lead)), *(len(lead) + o for o in order)])
+    patches = patches.reshape(*lead, *output_size, -1)
+    key = jnp.where(jnp.isnan(patches), jnp.inf, patches) if is_float(x) else patches
+    best = jnp.argmax(key, axis=-1)[..., None]
+    values = jnp.take_along_axis(patches, best, axis=-1)[..., 0]
+    indices = jnp.take_along_axis(jnp.broadcast_to(flat, patches.shape), best, axis=-1)[..., 0]
+    return values, indices.astype(jnp.int64)
+
+
+@register(aten.adaptive_max_pool2d.default, aten.adaptive_max_pool3d.default)
+def adaptive_max_pool(x, output_size):
+    return _adaptive_max_pool(x, [int(o) for o in output_size])
+
+
+@register(aten.adaptive_max_pool2d_backward.default)
+def adaptive_max_pool2d_backward(grad, x, indices):
+    return _scatter_plane(grad, x, indices, 2)
+
+
+@register(aten.adaptive_max_pool3d_backward.default)
+def adaptive_max_pool3d_backward(grad, x, indices):
+    return _scatter_plane(grad, x, indices, 3)

@@ -82,13 +82,12 @@ def scatter_add(x, dim, index, src):
 @register(aten.scatter_reduce.two)
 def scatter_reduce(x, dim, index, src, reduce, *, include_self=True):
     if reduce == "mean":
-        ones = jnp.ones(index.shape, x.dtype)
-        count = _scatter(
-            jnp.full(x.shape, 1 if include_self else 0, x.dtype), dim, index, ones, "add"
+        hits = _scatter(
+            jnp.zeros(x.shape, x.dtype), dim, index, jnp.ones(index.shape, x.dtype), "add"
         )
-        base = x if include_self else jnp.zeros_like(x)
+        base = x if include_self else jnp.where(hits == 0, x, 0).astype(x.dtype)
         total = _scatter(base, dim, index, src, "add")
-        count = jnp.where(count == 0, 1, count)
+        count = jnp.maximum(hits + (1 if include_self else 0), 1)
         out = total / count if jnp.issubdtype(x.dtype, jnp.inexact) else total // count
         return out.astype(x.dtype)
     if not include_self:

@@ -214,14 +214,17 @@ def linalg_solve_ex(a, b, *, left=True, check_errors=False):
 
 @register(aten.linalg_matrix_exp.default)
 def matrix_exp(a):
-    return jnp.vectorize(jax.scipy.linalg.expm, signature="(n,n)->(n,n)")(a)
+    # JAX's expm needs float32 or wider; PyTorch computes bfloat16 in float32 too.
+    wide = a.astype(jnp.float32) if a.dtype in (jnp.bfloat16, jnp.float16) else a
+    out = jnp.vectorize(jax.scipy.linalg.expm, signature="(n,n)->(n,n)")(wide)
+    return out.astype(a.dtype)
 
 
 @register(aten.linalg_pinv.atol_rtol_tensor)
 def pinv(a, *, atol=None, rtol=None, hermitian=False):
     m, n = a.shape[-2:]
     if hermitian:
-        s, u = jnp.linalg.eigh(a)
+        s, u = jnp.linalg.eigh(a, symmetrize_input=False)
         vh, s_abs = _mH(u * jnp.sign(s)[..., None, :]), jnp.abs(s)
     else:
         u, s_abs, vh = jnp.linalg.svd(a, full_matrices=False)
@@ -230,7 +233,9 @@ def pinv(a, *, atol=None, rtol=None, hermitian=False):
     atol_ = jnp.zeros((), s_abs.dtype) if atol is None else atol
     rtol_ = (eps if atol is None else jnp.where(atol_ > 0, 0.0, eps)) if rtol is None else rtol
     smax = jnp.max(s_abs, axis=-1, initial=0.0)
-    cutoff = jnp.maximum(jnp.asarray(atol_)[..., None], jnp.asarray(rtol_)[..., None] * smax[..., None])
+    cutoff = jnp.maximum(
+        jnp.asarray(atol_)[..., None], jnp.asarray(rtol_)[..., None] * smax[..., None]
+    )
     s_inv = jnp.where(s_abs > cutoff, 1 / jnp.where(s_abs > cutoff, s_abs, 1), 0)
     return (_mH(vh) * s_inv[..., None, :].astype(a.dtype)) @ _mH(u)
 

@@ -85,8 +85,9 @@ def randperm(n, *, dtype=None, layout=None, device=None, pin_memory=None, genera
 
 
 @register(aten.randint_like.default, aten.randint_like.low_dtype, rng=True)
-def randint_like(x, *bounds, dtype=None, layout=None, device=None, pin_memory=None,
-                 memory_format=None, key):
+def randint_like(
+    x, *bounds, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None, key
+):
     low, high = (0, bounds[0]) if len(bounds) == 1 else bounds
     draws = jax.random.randint(key, x.shape, low, high, jnp.int64)
     return draws.astype(jdtype(dtype, x.dtype))

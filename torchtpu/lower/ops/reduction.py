@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from torchtpu.errors import LoweringUnsupported
 from torchtpu.lower.ops._util import (
     accum_dtype,
     aten,
@@ -354,3 +355,46 @@ def histogram(x, bins=100, *, range=None, weight=None, density=False):
     if density:
         hist = hist / (jnp.sum(hist) * (edges[1:] - edges[:-1]))
     return hist, edges
+
+
+@register(aten.hash_tensor.default)
+def hash_tensor(x, dim=(), keepdim=False, *, mode=0):
+    # XOR of each element's bits, widened to its 64-bit float or integer type.
+    wide = jnp.float64 if jnp.issubdtype(x.dtype, jnp.floating) else jnp.int64
+    wide = jnp.uint64 if jnp.issubdtype(x.dtype, jnp.unsignedinteger) else wide
+    bits = lax.bitcast_convert_type(x.astype(wide), jnp.uint64)
+    axes = canon_dims(dim, x.ndim)
+    out = lax.reduce(bits, jnp.uint64(0), lax.bitwise_xor, axes)
+    return jnp.expand_dims(out, axes) if keepdim else out
+
+
+# What PyTorch gives an empty segment when no ``initial`` is passed.
+_SEGMENT_EMPTY = {"sum": 0, "mean": jnp.nan, "max": -jnp.inf, "min": jnp.inf, "prod": 1}
+
+
+@register(aten.segment_reduce.default)
+def segment_reduce(
+    data, reduce, *, lengths=None, indices=None, offsets=None, axis=0, unsafe=False, initial=None
+):
+    if lengths is None:
+        lengths = offsets[..., 1:] - offsets[..., :-1]
+    if lengths.ndim != 1 or axis != 0:
+        raise LoweringUnsupported("segment_reduce over batched lengths or axis != 0")
+    n = lengths.shape[0]
+    ids = jnp.searchsorted(jnp.cumsum(lengths), jnp.arange(data.shape[0]), side="right")
+    fn = {
+        "sum": jax.ops.segment_sum,
+        "mean": jax.ops.segment_sum,
+        "max": jax.ops.segment_max,
+        "min": jax.ops.segment_min,
+        "prod": jax.ops.segment_prod,
+    }[reduce]
+    out = fn(data, ids, num_segments=n)
+    empty = (lengths == 0).reshape((-1,) + (1,) * (data.ndim - 1))
+    if initial is not None:
+        combine = {"sum": jnp.add, "mean": jnp.add, "prod": jnp.multiply, "max": jnp.maximum}
+        out = combine.get(reduce, jnp.minimum)(out, jnp.asarray(initial, data.dtype))
+    if reduce == "mean":
+        out = out / jnp.maximum(lengths, 1).reshape(empty.shape).astype(data.dtype)
+    fill = _SEGMENT_EMPTY[reduce] if initial is None else initial
+    return jnp.where(empty, jnp.asarray(fill, data.dtype), out).astype(data.dtype)

@@ -7,6 +7,8 @@ element's value when the loop reaches its own degree.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import torch
@@ -23,7 +25,19 @@ INT_TO_FLOAT = Promote.INT_TO_FLOAT
 def polygamma(n, x):
     if n == 0:
         return jax.scipy.special.digamma(x)
-    return jax.scipy.special.polygamma(jnp.asarray(n, jnp.int32), x).astype(x.dtype)
+    # JAX's Hurwitz zeta loses all accuracy for q below about -8, so shift x
+    # up with psi_n(x) = psi_n(x + 1) + (-1)^(n+1) n! / x^(n+1) first.
+    sign_fact = (-1.0) ** (n + 1) * math.factorial(n)
+
+    def body(state):
+        x_, acc = state
+        low = x_ < 1
+        acc = acc + jnp.where(low, sign_fact / x_ ** (n + 1), 0)
+        return jnp.where(low, x_ + 1, x_), acc
+
+    x_, acc = lax.while_loop(lambda s: jnp.any(s[0] < 1), body, (x, jnp.zeros_like(x)))
+    order = jnp.asarray(n, jnp.int32)
+    return (jax.scipy.special.polygamma(order, x_) + acc).astype(x.dtype)
 
 
 @register(aten.special_modified_bessel_i0.default, promote=INT_TO_FLOAT)
