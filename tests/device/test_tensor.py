@@ -16,6 +16,7 @@ def test_device_is_real_and_round_trips():
     x = cpu.to("tpu")
     assert isinstance(x, TPUTensor) and x.device == torch.device("tpu", 0) and x.is_tpu
     assert torch.equal(x.cpu(), cpu)
+    assert x.tolist() == cpu.tolist()
     assert (x * 2).sum().item() == pytest.approx(float((cpu * 2).sum()), rel=1e-6)
     cpu.add_(1)  # the device copy is a copy
     assert not torch.equal(x.cpu(), cpu)
@@ -77,6 +78,12 @@ def test_in_place_casts_to_self_dtype_and_checks_shape():
     assert x.dtype == torch.int32 and x.cpu().tolist() == [3, 3, 3]
     with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
         x.add_(torch.ones(2, 3, dtype=torch.int32).to("tpu"))
+
+
+def test_foreach_ops_run_per_tensor():
+    ts = [torch.ones(2).to("tpu"), torch.zeros(3).to("tpu")]
+    torch._foreach_add_(ts, 1.0)
+    assert [t.cpu().tolist() for t in ts] == [[2.0, 2.0], [1.0, 1.0, 1.0]]
 
 
 def test_mixing_devices_follows_pytorch_rules():

@@ -103,6 +103,9 @@ class TPUTensor(torch.Tensor):
             return self.item().__format__(spec)
         return repr(self)
 
+    def tolist(self) -> Any:
+        return to_cpu(self.detach(), "to_cpu").tolist()
+
     def __reduce_ex__(self, proto: int) -> Any:
         # Saved as a CPU tensor: the file loads anywhere, with or without torchtpu.
         cpu = to_cpu(self.detach(), "to_cpu")
