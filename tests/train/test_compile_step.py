@@ -205,3 +205,46 @@ def test_memory_and_cost_analysis():
     compiled(torch.randn(8, 6), torch.randn(8, 3))
     assert compiled.memory_analysis().argument_size_in_bytes > 0
     assert compiled.cost_analysis()["flops"] > 0
+
+
+def test_activation_checkpointing_recomputes_and_matches():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from gpt import GPT, GPTConfig
+
+    results = {}
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(layers=2, width=64, heads=4, context=32))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step(x, model=model, opt=opt):
+            loss = model(x, x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss
+
+        compiled = torchtpu.compile_step(step, checkpoint=checkpoint)
+        x = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+        losses = [compiled(x).item() for _ in range(3)]
+        results[checkpoint] = (losses, compiled.cost_analysis()["flops"])
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-5)
+    assert results[True][1] > results[False][1]  # the blocks' forward runs twice
+
+
+def test_activation_checkpointing_refuses_dropout():
+    model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Dropout(0.1)]))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+
+    def step(x):
+        for block in model[0]:
+            x = block(x)
+        return x.sum()
+
+    with pytest.raises(torchtpu.TorchTPUError, match="dropout"):
+        torchtpu.compile_step(step, checkpoint=True, models=[model], optimizers=[opt])(
+            torch.ones(3, requires_grad=True)
+        )

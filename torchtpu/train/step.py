@@ -47,6 +47,7 @@ from torchtpu.metrics import bump
 from torchtpu.run.executor import GraphExecutor
 from torchtpu.runtime import from_device, jax_scope
 from torchtpu.train import precision as mixed
+from torchtpu.train import remat
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-true")
 
@@ -58,6 +59,7 @@ def compile_step(
     stochastic_rounding: bool = False,
     models: list[torch.nn.Module] | None = None,
     optimizers: list[torch.optim.Optimizer] | None = None,
+    checkpoint: bool = False,
     options: dict[str, Any] | None = None,
 ) -> Any:
     """Compile a whole training step (forward, backward, optimizer) into one XLA program.
@@ -70,6 +72,10 @@ def compile_step(
     forward, fp32 weights and optimizer state); ``"bf16-true"`` (bf16 weights on
     the device; with ``stochastic_rounding=True`` the optimizer updates fp32
     copies and rounds them to bf16 stochastically, seeded from PyTorch's RNG).
+
+    checkpoint: recompute the activations of each block of the model's
+    ``nn.ModuleList``s in the backward instead of keeping them (less memory,
+    more compute); see ``memory_analysis()``.
 
     Example::
 
@@ -93,13 +99,14 @@ def compile_step(
             stochastic_rounding=stochastic_rounding,
             models=models,
             optimizers=optimizers,
+            checkpoint=checkpoint,
             options=options,
         )
-    return CompiledStep(fn, precision, stochastic_rounding, models, optimizers, options)
+    return CompiledStep(fn, precision, stochastic_rounding, models, optimizers, options, checkpoint)
 
 
 def _discover(fn: Callable[..., Any], kind: type) -> list[Any]:
-    """Instances of ``kind`` that ``fn`` can reach: closure, globals it names, ``self``."""
+    """Instances of ``kind`` that ``fn`` reaches: closure, defaults, globals it names, self."""
     found: dict[int, Any] = {}
 
     def visit(value: Any) -> None:
@@ -114,6 +121,10 @@ def _discover(fn: Callable[..., Any], kind: type) -> list[Any]:
     for cell in getattr(target, "__closure__", None) or ():
         with contextlib.suppress(ValueError):
             visit(cell.cell_contents)
+    for value in getattr(target, "__defaults__", None) or ():
+        visit(value)
+    for value in (getattr(target, "__kwdefaults__", None) or {}).values():
+        visit(value)
     code = getattr(target, "__code__", None)
     names = set(code.co_names) if code else set()
     for name in names:
@@ -168,6 +179,7 @@ class CompiledStep:
         models: list[torch.nn.Module] | None,
         optimizers: list[torch.optim.Optimizer] | None,
         overrides: dict[str, Any] | None,
+        checkpoint: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"compile_step: precision={precision!r} is not one of {PRECISIONS}")
@@ -179,6 +191,7 @@ class CompiledStep:
         self.fn = fn
         self.precision = precision
         self.stochastic_rounding = stochastic_rounding
+        self.checkpoint = checkpoint
         self.models = list(models) if models is not None else _discover(fn, torch.nn.Module)
         self.optimizers = (
             list(optimizers) if optimizers is not None else _discover(fn, torch.optim.Optimizer)
@@ -537,6 +550,8 @@ class CompiledStep:
                 stack.enter_context(mixed.autocast_forward(self.models))
             if self.stochastic_rounding:
                 stack.enter_context(mixed.stochastic_rounding_step(self.optimizers))
+            if self.checkpoint:
+                stack.enter_context(remat.checkpointed(self.models))
 
             def read_back() -> tuple[list[Any], list[Any]]:
                 for group, lr in group_lrs:
