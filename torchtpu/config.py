@@ -32,6 +32,9 @@ class Options:
     cache_dir: JAX persistent compilation cache; ``""`` disables it.
         Env: ``TORCHTPU_CACHE_DIR`` (default ``~/.cache/torchtpu/xla``).
     debug: record where each compile came from. Env: ``TORCHTPU_DEBUG``.
+    cpu_opt_level: XLA:CPU's backend optimization level for our programs. 1
+        compiles about twice as fast as XLA's default (2) with the same step
+        times in our training benchmarks. Env: ``TORCHTPU_CPU_OPT_LEVEL``.
     eager: device mode runs each op at once (asynchronously) instead of
         recording it into a fused program. Env: ``TORCHTPU_EAGER``.
     blocking: device mode runs each op at once and waits for it, so an error
@@ -46,6 +49,9 @@ class Options:
     strict: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_STRICT"))
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     debug: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_DEBUG"))
+    cpu_opt_level: int = dataclasses.field(
+        default_factory=lambda: int(os.environ.get("TORCHTPU_CPU_OPT_LEVEL", "1"))
+    )
     eager: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_EAGER"))
     blocking: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_BLOCKING"))
     max_graph_ops: int = dataclasses.field(

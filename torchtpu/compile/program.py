@@ -20,8 +20,10 @@ import torch
 import torch.fx
 
 from torchtpu.compile.partition import Segment
+from torchtpu.config import options
 from torchtpu.lower.interpreter import RngStream, needs_rng, run_nodes
 from torchtpu.metrics import bump
+from torchtpu.runtime import platform_name
 
 
 class Program:
@@ -153,7 +155,7 @@ def build_program(
     start = time.perf_counter()
     lowered = jax.jit(program, donate_argnums=donate_argnums).lower(*specs)
     traced_at = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=_compiler_options())
     done = time.perf_counter()
     bump("trace_seconds", traced_at - start)
     bump("compile_seconds", done - traced_at)
@@ -168,6 +170,12 @@ def build_program(
         uses_rng,
         done - start,
     )
+
+
+def _compiler_options() -> dict[str, Any]:
+    if platform_name() == "cpu":
+        return {"xla_backend_optimization_level": options().cpu_opt_level}
+    return {}
 
 
 def _is_array_like(value: Any) -> bool:
