@@ -203,7 +203,10 @@ def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_
     n = len(kernel)
     window, strides, dil, pads = _pool_args(x, kernel, stride, padding, [1] * n, ceil_mode)
     acc = accum_dtype(x)
-    total = lax.reduce_window(x.astype(acc), jnp.array(0, acc), lax.add, window, strides, pads)
+    # A Python zero, so JAX sees a windowed sum it can differentiate (an array
+    # init value makes it a generic reduce_window, which it cannot).
+    zero = 0.0 if jnp.issubdtype(acc, jnp.inexact) else 0
+    total = lax.reduce_window(x.astype(acc), zero, lax.add, window, strides, pads)
     if divisor_override:
         return (total / divisor_override).astype(x.dtype)
     if count_include_pad:
@@ -212,13 +215,11 @@ def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_
         sym = [(0, 0)] * (len(pads) - n) + [(p, p) for p in _expand(padding, n)]
         ones = jnp.pad(ones, sym[-n:], constant_values=1)
         extra = [(0, hi - lo) for lo, hi in pads[-n:]]
-        count = lax.reduce_window(
-            ones, jnp.array(0, acc), lax.add, window[-n:], strides[-n:], extra
-        )
+        count = lax.reduce_window(ones, zero, lax.add, window[-n:], strides[-n:], extra)
     else:
         count = lax.reduce_window(
             jnp.ones(x.shape[-n:], acc),
-            jnp.array(0, acc),
+            zero,
             lax.add,
             window[-n:],
             strides[-n:],

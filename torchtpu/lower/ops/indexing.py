@@ -53,6 +53,14 @@ _SCATTER_MODES = {
 }
 
 
+def _mode(reduce, dtype):
+    """The ``.at[]`` method for a reduction; on bool, add is "or" and multiply "and"."""
+    mode = _SCATTER_MODES[reduce]
+    if dtype == jnp.bool_:
+        return {"add": "max", "multiply": "min"}.get(mode, mode)
+    return mode
+
+
 def _scatter(x, dim, index, src, reduce=None):
     if x.ndim == 0:
         return jnp.asarray(src, x.dtype).reshape(()) if index.size else x
@@ -61,7 +69,7 @@ def _scatter(x, dim, index, src, reduce=None):
         values = jnp.broadcast_to(jnp.asarray(src, x.dtype), index.shape)
     else:
         values = src[tuple(slice(0, n) for n in index.shape)].astype(x.dtype)
-    return getattr(x.at[idx], _SCATTER_MODES[reduce])(values)
+    return getattr(x.at[idx], _mode(reduce, x.dtype))(values)
 
 
 @register(aten.scatter.src, aten.scatter.value)
@@ -99,10 +107,14 @@ def scatter_reduce(x, dim, index, src, reduce, *, include_self=True):
 
 
 def _lowest(dtype):
+    if dtype == jnp.bool_:
+        return False
     return -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
 
 
 def _highest(dtype):
+    if dtype == jnp.bool_:
+        return True
     return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
 
 
@@ -128,9 +140,35 @@ def index(x, indices):
 
 @register(aten.index_put.default, aten._unsafe_index_put.default)
 def index_put(x, indices, values, accumulate=False):
-    idx = _advanced_index(x, indices)
     values = values.astype(x.dtype)
-    return x.at[idx].add(values) if accumulate else x.at[idx].set(values)
+    masked = _mask_put(x, indices, values, accumulate)
+    if masked is not None:
+        return masked
+    at = x.at[_advanced_index(x, indices)]
+    return getattr(at, _mode("add", x.dtype))(values) if accumulate else at.set(values)
+
+
+def _mask_put(x, indices, values, accumulate):
+    """``x[mask] = values`` for one boolean mask and values that broadcast over it.
+
+    Then the result needs no count of the selected elements: it is a select.
+    """
+    bools = [i for i, ix in enumerate(indices) if ix is not None and ix.dtype == jnp.bool_]
+    others = [ix for ix in indices if ix is not None and ix.dtype != jnp.bool_]
+    if len(bools) != 1 or others:
+        return None
+    start, mask = bools[0], indices[bools[0]]
+    rest = x.shape[start + mask.ndim :]
+    if values.ndim > len(rest) and values.shape[0] != 1:
+        return None
+    shape = (1,) * start + mask.shape + (1,) * len(rest)
+    where = mask.reshape(shape)
+    fill = jnp.broadcast_to(values.reshape(values.shape[-len(rest) :] if rest else ()), x.shape)
+    if values.ndim > len(rest):
+        fill = jnp.broadcast_to(values.reshape(values.shape[1:]), x.shape)
+    if accumulate:
+        fill = (x | fill) if x.dtype == jnp.bool_ else x + fill
+    return jnp.where(where, fill, x)
 
 
 @register(aten._unsafe_index.Tensor)
@@ -162,7 +200,8 @@ def _along_dim(fn):
 @register(aten.index_add.default)
 @_along_dim
 def index_add(x, index, source, *, alpha=1):
-    return x.at[index].add((source * alpha).astype(x.dtype))
+    source = source if x.dtype == jnp.bool_ else source * alpha
+    return getattr(x.at[index], _mode("add", x.dtype))(source.astype(x.dtype))
 
 
 @register(aten.index_copy.default)
@@ -198,7 +237,8 @@ def put(x, index, source, accumulate=False):
     flat = x.reshape(-1)
     at = flat.at[_wrap(index.reshape(-1), flat.shape[0])]
     values = source.reshape(-1).astype(x.dtype)
-    return (at.add(values) if accumulate else at.set(values)).reshape(x.shape)
+    out = getattr(at, _mode("add", x.dtype))(values) if accumulate else at.set(values)
+    return out.reshape(x.shape)
 
 
 @register(aten.nonzero_static.default)
@@ -291,3 +331,126 @@ def masked_scatter(x, mask, source):
 @register(aten.bucketize.Tensor, aten.bucketize.Scalar)
 def bucketize(values, boundaries, *, out_int32=False, right=False):
     return searchsorted(boundaries, values, out_int32=out_int32, right=right)
+
+
+def _bags(indices, offsets, include_last_offset):
+    num_bags = offsets.shape[0] - (1 if include_last_offset else 0)
+    bag = jnp.searchsorted(offsets, jnp.arange(indices.shape[0]), side="right") - 1
+    return jnp.clip(bag, 0, num_bags - 1), num_bags
+
+
+def _embedding_bag_values(weight, indices, offsets, mode, weights, last, padding_idx):
+    bag, n = _bags(indices, offsets, last)
+    keep = (indices != padding_idx) if padding_idx is not None and padding_idx >= 0 else None
+    keep = jnp.ones(indices.shape, jnp.bool_) if keep is None else keep
+    rows = jnp.take(weight, indices, axis=0)
+    if weights is not None:
+        rows = rows * weights[:, None].astype(rows.dtype)
+    count = jax.ops.segment_sum(keep.astype(jnp.int64), bag, num_segments=n)
+    if mode == 2:
+        low = jnp.asarray(_lowest(weight.dtype), weight.dtype)
+        masked = jnp.where(keep[:, None], rows, low)
+        best = jax.ops.segment_max(masked, bag, num_segments=n)
+        # The weight row each maximum came from (first on ties), for the backward.
+        first = jnp.where(masked == best[bag], jnp.arange(indices.shape[0])[:, None], indices.size)
+        pos = jax.ops.segment_min(first, bag, num_segments=n)
+        argmax = jnp.where(count[:, None] > 0, indices[jnp.clip(pos, 0, indices.size - 1)], -1)
+        return jnp.where(count[:, None] > 0, best, 0).astype(weight.dtype), bag, count, argmax
+    acc = rows.astype(jnp.float32) if weight.dtype == jnp.bfloat16 else rows
+    total = jax.ops.segment_sum(jnp.where(keep[:, None], acc, 0), bag, num_segments=n)
+    if mode == 1:
+        total = total / jnp.maximum(count, 1)[:, None].astype(total.dtype)
+    return total.astype(weight.dtype), bag, count, jnp.zeros(count.shape, jnp.int64)
+
+
+@register(aten._embedding_bag.default, aten._embedding_bag_forward_only.default)
+def embedding_bag(
+    weight,
+    indices,
+    offsets,
+    scale_grad_by_freq=False,
+    mode=0,
+    sparse=False,
+    per_sample_weights=None,
+    include_last_offset=False,
+    padding_idx=-1,
+):
+    out, bag, count, argmax = _embedding_bag_values(
+        weight, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx
+    )
+    return out, bag.astype(jnp.int64), count, argmax.astype(jnp.int64)
+
+
+@register(aten._embedding_bag_dense_backward.default)
+def embedding_bag_dense_backward(
+    grad,
+    indices,
+    offset2bag,
+    bag_size,
+    maximum_indices,
+    num_weights,
+    scale_grad_by_freq,
+    mode,
+    per_sample_weights,
+    padding_idx=-1,
+):
+    out = jnp.zeros((num_weights, grad.shape[-1]), jnp.float32)
+    if mode == 2:
+        cols = jnp.broadcast_to(jnp.arange(grad.shape[-1]), maximum_indices.shape)
+        rows = jnp.where(maximum_indices < 0, num_weights, maximum_indices)
+        return out.at[rows, cols].add(grad, mode="drop").astype(grad.dtype)
+    g = grad[offset2bag].astype(jnp.float32)
+    if mode == 1:
+        g = g / jnp.maximum(bag_size[offset2bag], 1)[:, None]
+    if per_sample_weights is not None:
+        g = g * per_sample_weights[:, None]
+    if scale_grad_by_freq:
+        freq = jnp.zeros((num_weights,), jnp.float32).at[indices].add(1)
+        g = g / freq[indices][:, None]
+    g = jnp.where((indices == padding_idx)[:, None], 0, g) if padding_idx >= 0 else g
+    return out.at[indices].add(g).astype(grad.dtype)
+
+
+@register(aten._embedding_bag_per_sample_weights_backward.default)
+def embedding_bag_per_sample_weights_backward(
+    grad, weight, indices, offsets, offset2bag, mode, padding_idx=-1
+):
+    out = jnp.sum(grad[offset2bag] * jnp.take(weight, indices, axis=0), axis=-1)
+    return jnp.where(indices == padding_idx, 0, out) if padding_idx >= 0 else out
+
+
+@register(aten._embedding_bag_backward.default)
+def embedding_bag_backward(
+    grad,
+    indices,
+    offsets,
+    offset2bag,
+    bag_size,
+    maximum_indices,
+    num_weights,
+    scale_grad_by_freq,
+    mode,
+    sparse,
+    per_sample_weights,
+    padding_idx=-1,
+):
+    # PyTorch's fast path leaves offset2bag empty, so recompute it from offsets.
+    bag = jnp.clip(
+        jnp.searchsorted(offsets, jnp.arange(indices.shape[0]), side="right") - 1,
+        0,
+        grad.shape[0] - 1,
+    )
+    keep = indices != padding_idx if padding_idx >= 0 else jnp.ones(indices.shape, jnp.bool_)
+    counts = jax.ops.segment_sum(keep.astype(jnp.int64), bag, num_segments=grad.shape[0])
+    return embedding_bag_dense_backward(
+        grad,
+        indices,
+        bag,
+        counts,
+        maximum_indices,
+        num_weights,
+        scale_grad_by_freq,
+        mode,
+        per_sample_weights,
+        padding_idx,
+    )

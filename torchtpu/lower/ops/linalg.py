@@ -13,7 +13,7 @@ import torch
 from jax import lax
 
 from torchtpu.lower.dtypes import Promote
-from torchtpu.lower.ops._util import aten
+from torchtpu.lower.ops._util import LOW_PRECISION, aten
 from torchtpu.lower.registry import register
 
 _PRECISION = {
@@ -29,11 +29,14 @@ def _precision(x):
     return None
 
 
-def _matmul(a, b):
-    out_dtype = a.dtype
+def _matmul(a, b, keep_wide=False):
+    """``a @ b``; bfloat16 and float16 accumulate in float32 and, unless
+    ``keep_wide``, round once at the end, as PyTorch's kernels do."""
     if jnp.issubdtype(a.dtype, jnp.integer) or a.dtype == jnp.bool_:
         return jnp.matmul(a, b)
-    return jnp.matmul(a, b, precision=_precision(a), preferred_element_type=None).astype(out_dtype)
+    wide = jnp.float32 if a.dtype in LOW_PRECISION else None
+    out = jnp.matmul(a, b, precision=_precision(a), preferred_element_type=wide)
+    return out if keep_wide else out.astype(a.dtype)
 
 
 @register(
@@ -42,11 +45,22 @@ def _matmul(a, b):
     aten.matmul.default,
     aten.mv.default,
     aten.dot.default,
-    aten.vdot.default,
     promote=Promote.NO_OPMATH,
 )
 def mm(a, b):
     return _matmul(a, b)
+
+
+@register(aten.vdot.default, promote=Promote.NO_OPMATH)
+def vdot(a, b):
+    return _matmul(jnp.conj(a), b)
+
+
+def _scalars_like(a, *scalars):
+    # PyTorch converts alpha and beta to the tensors' dtype: 0.6 is 0 for ints.
+    if jnp.issubdtype(a.dtype, jnp.integer) or a.dtype == jnp.bool_:
+        return tuple(int(s) for s in scalars)
+    return scalars
 
 
 @register(
@@ -57,12 +71,13 @@ def mm(a, b):
     promote_args=(0, 1, 2),
 )
 def addmm(bias, a, b, *, beta=1, alpha=1):
-    prod = _matmul(a, b)
+    alpha, beta = _scalars_like(a, alpha, beta)
+    prod = _matmul(a, b, keep_wide=True)
     if alpha != 1:
         prod = prod * alpha
-    if beta == 0:
-        return prod
-    return prod + (bias if beta == 1 else bias * beta)
+    if beta != 0:
+        prod = prod + (bias if beta == 1 else bias * beta).astype(prod.dtype)
+    return prod.astype(a.dtype)
 
 
 @register(aten.outer.default, promote=Promote.NO_OPMATH)
@@ -117,8 +132,10 @@ def _lu(a):
 
 @register(aten.addbmm.default, promote=Promote.NO_OPMATH, promote_args=(0, 1, 2))
 def addbmm(bias, b1, b2, *, beta=1, alpha=1):
-    prod = jnp.sum(_matmul(b1, b2), axis=0) * alpha
-    return prod if beta == 0 else prod + bias * beta
+    alpha, beta = _scalars_like(b1, alpha, beta)
+    prod = jnp.sum(_matmul(b1, b2, keep_wide=True), axis=0) * alpha
+    prod = prod if beta == 0 else prod + (bias * beta).astype(prod.dtype)
+    return prod.astype(b1.dtype)
 
 
 @register(aten._linalg_svd.default)

@@ -234,9 +234,10 @@ def _p_norm(diff, p, axis):
         return jnp.max(a, axis=axis, initial=0.0)
     if p == 1:
         return jnp.sum(a, axis=axis)
-    if p == 2:
-        return jnp.sqrt(jnp.sum(a * a, axis=axis))
-    return jnp.sum(a**p, axis=axis) ** (1.0 / p)
+    # Roots guarded at zero, so their gradient there is 0 as in PyTorch, not NaN.
+    total = jnp.sum(a * a if p == 2 else a**p, axis=axis)
+    safe = jnp.where(total == 0, 1, total)
+    return jnp.where(total == 0, 0, jnp.sqrt(safe) if p == 2 else safe ** (1.0 / p))
 
 
 @register(aten._cdist_forward.default)
@@ -245,6 +246,12 @@ def cdist(x1, x2, p, compute_mode=None):
     x1 = jnp.broadcast_to(x1, batch + x1.shape[-2:])
     x2 = jnp.broadcast_to(x2, batch + x2.shape[-2:])
     return _p_norm(x1[..., :, None, :] - x2[..., None, :, :], p, axis=-1)
+
+
+@register(aten._cdist_backward.default)
+def cdist_backward(grad, x1, x2, p, dist):
+    _, vjp = jax.vjp(lambda a: cdist(a, x2, p), x1)
+    return vjp(grad)[0]
 
 
 @register(aten._pdist_forward.default)
@@ -262,3 +269,9 @@ def trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
 
     prod = expanded(i1, expand1) * expanded(i2, expand2) * expanded(i3, expand3)
     return jnp.sum(prod, axis=tuple(sumdim)) if sumdim else prod
+
+
+@register(aten._pdist_backward.default)
+def pdist_backward(grad, x, p, dist):
+    _, vjp = jax.vjp(lambda a: pdist(a, p), x)
+    return vjp(grad)[0]

@@ -87,7 +87,19 @@ def pow_(x, y):
     if isinstance(y, (int, float)) and not isinstance(y, bool) and float(y).is_integer():
         if abs(y) <= 4 and not (y < 0 and is_integral(jnp.asarray(x))):
             return lax.integer_pow(x, int(y))
+    if is_integral(jnp.asarray(x)) and is_integral(jnp.asarray(y)):
+        return _int_pow(jnp.asarray(x), jnp.asarray(y))
     return jnp.power(x, y)
+
+
+def _int_pow(x, y):
+    # Integer powers wrap on overflow, as in PyTorch; a negative exponent gives
+    # 0 except for bases 1 and -1, where XLA's result is unspecified.
+    out = jnp.power(x, jnp.maximum(y, 0))
+    odd = (y % 2) != 0
+    special = jnp.where(x == 1, 1, jnp.where(odd, -1, 1)) if x.dtype != jnp.bool_ else x
+    negative = jnp.where((x == 1) | (x == -1), special, 0).astype(out.dtype)
+    return jnp.where(y < 0, negative, out)
 
 
 @register(aten.neg.default, promote=DEFAULT)
@@ -102,7 +114,7 @@ def abs_(x):
 
 @register(aten.sign.default, aten.sgn.default, promote=DEFAULT)
 def sign(x):
-    return jnp.sign(x)
+    return x if x.dtype == jnp.bool_ else jnp.sign(x)
 
 
 @register(aten.reciprocal.default, promote=INT_TO_FLOAT)
@@ -196,7 +208,7 @@ _unary(
         aten.erfinv.default: jax.scipy.special.erfinv,
         aten.sigmoid.default: jax.nn.sigmoid,
         aten.lgamma.default: jax.scipy.special.gammaln,
-        aten.digamma.default: jax.scipy.special.digamma,
+        aten.digamma.default: lambda x: jnp.where(x == 0, -jnp.inf, jax.scipy.special.digamma(x)),
         aten.i0.default: jax.scipy.special.i0,
         aten.sinc.default: jnp.sinc,
     },
@@ -426,3 +438,13 @@ def complex_(real, imag):
 @register(aten.polar.default)
 def polar(magnitude, angle):
     return lax.complex(magnitude * jnp.cos(angle), magnitude * jnp.sin(angle))
+
+
+@register(aten.gcd.default, promote=DEFAULT)
+def gcd(x, y):
+    return jnp.gcd(x, y)
+
+
+@register(aten.lcm.default, promote=DEFAULT)
+def lcm(x, y):
+    return jnp.lcm(x, y)

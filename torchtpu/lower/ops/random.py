@@ -28,16 +28,26 @@ def randn(size, *, dtype=None, layout=None, device=None, pin_memory=None, genera
     return jax.random.normal(key, _shape(size), _float(dtype))
 
 
+def _as(draws, dtype):
+    return draws if jnp.issubdtype(dtype, jnp.floating) else draws.astype(dtype)
+
+
+def _real(dtype):
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
+
+
 @register(aten.rand_like.default, rng=True)
 def rand_like(x, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None, key):
-    return jax.random.uniform(key, x.shape, _float(dtype, x))
+    want = _float(dtype, x)
+    return _as(jax.random.uniform(key, x.shape, _real(want)), want)
 
 
 @register(aten.randn_like.default, rng=True)
 def randn_like(
     x, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None, key
 ):
-    return jax.random.normal(key, x.shape, _float(dtype, x))
+    want = _float(dtype, x)
+    return _as(jax.random.normal(key, x.shape, _real(want)), want)
 
 
 @register(aten.randint.low, rng=True)
@@ -66,7 +76,11 @@ def bernoulli_p(x, p=0.5, *, generator=None, key):
 
 @register(aten.uniform.default, rng=True)
 def uniform(x, low=0.0, high=1.0, *, generator=None, key):
-    return jax.random.uniform(key, x.shape, x.dtype, low, high)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        # PyTorch draws the real and imaginary parts independently.
+        parts = jax.random.uniform(key, (2, *x.shape), jnp.float32, low, high)
+        return jax.lax.complex(parts[0], parts[1]).astype(x.dtype)
+    return jax.random.uniform(key, x.shape, _real(x.dtype), low, high).astype(x.dtype)
 
 
 @register(aten.normal_functional.default, rng=True)

@@ -262,7 +262,9 @@ def _median_dim(x, dim, keepdim, ignore_nan):
         return x, jnp.zeros((), jnp.int64)
     values, order, axis = _sorted_along(x, dim)
     k = _median_rank(x, axis, ignore_nan)
-    return _pick(values, order, axis, k, keepdim)
+    shape = list(x.shape)
+    shape[axis] = 1
+    return _pick(values, order, axis, jnp.broadcast_to(k, shape), keepdim)
 
 
 @register(aten.median.dim)

@@ -363,6 +363,11 @@ def arange(*args, dtype=None, layout=None, device=None, pin_memory=None):
     return (start + jnp.arange(n, dtype=acc) * step).astype(want)
 
 
+@register(aten._efficientzerotensor.default)
+def efficient_zero_tensor(size, *, dtype=None, layout=None, device=None, pin_memory=None):
+    return jnp.zeros(_size(size), jdtype(dtype, jnp.float32))
+
+
 @register(aten.empty_permuted.default)
 def empty_permuted(size, physical_layout, *, dtype=None, layout=None, device=None, pin_memory=None):
     return jnp.zeros(_size(size), jdtype(dtype, jnp.float32))

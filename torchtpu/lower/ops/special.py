@@ -24,7 +24,7 @@ INT_TO_FLOAT = Promote.INT_TO_FLOAT
 @register(aten.polygamma.default, promote=INT_TO_FLOAT, promote_args=(1,))
 def polygamma(n, x):
     if n == 0:
-        return jax.scipy.special.digamma(x)
+        return jnp.where(x == 0, -jnp.inf, jax.scipy.special.digamma(x))
     # JAX's Hurwitz zeta loses all accuracy for q below about -8, so shift x
     # up with psi_n(x) = psi_n(x + 1) + (-1)^(n+1) n! / x^(n+1) first.
     sign_fact = (-1.0) ** (n + 1) * math.factorial(n)
@@ -52,9 +52,10 @@ def modified_bessel_i1(x):
 
 def _recurrence(x, n, p1, step):
     """p_n(x) from p_0 = 1, p_1 and p_{k+1} = step(k, p_k, p_{k-1}); 0 for n < 0."""
-    x, n = jnp.broadcast_arrays(x, jnp.asarray(n, x.dtype))
+    # PyTorch truncates the degree to an integer; NaN counts as negative.
+    x, n = jnp.broadcast_arrays(x, jnp.trunc(jnp.asarray(n, x.dtype)))
     n = jnp.where(jnp.isnan(n), -1, n)
-    p0 = jnp.ones_like(x)
+    p0, p1 = jnp.ones_like(x), jnp.broadcast_to(p1, x.shape)
     out = jnp.where(n == 0, p0, jnp.where(n == 1, p1, jnp.zeros_like(x)))
     top = jnp.max(n, initial=0).astype(jnp.int64)
 
@@ -126,7 +127,8 @@ def spherical_bessel_j0(x):
 
 @register(prims.zeta.default)
 def zeta(x, q):
-    return jax.scipy.special.zeta(x, q)
+    # Cephes (and PyTorch) is undefined below x = 1, where JAX returns inf at q = 0.
+    return jnp.where(x < 1, jnp.nan, jax.scipy.special.zeta(x, q))
 
 
 @register(prims.igamma.default)
@@ -142,6 +144,11 @@ def igammac(a, x):
 @register(prims.nextafter.default)
 def nextafter(x, y):
     return jnp.nextafter(x, y)
+
+
+@register(prims.gcd.default)
+def prims_gcd(x, y):
+    return jnp.gcd(x, y)
 
 
 @register(prims.frexp.default)
