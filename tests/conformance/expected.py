@@ -57,6 +57,16 @@ _CHECK_ERRORS = (
     "higher_order.with_effects; the registry keys lowerings by OpOverload, so the effect "
     "token has no lowering (needs interpreter support for with_effects)"
 )
+_LAYOUT = (
+    "torchtpu runtime bug: a tensor with a size-1 dimension and non-canonical strides "
+    "(e.g. randn(1, 3).t(), is_contiguous() is True) is imported through DLPack with a "
+    "non-default layout and the XLA executable rejects it ('compiled for input layouts "
+    "that disagree'); the fix belongs in torchtpu/runtime/transfer.py"
+)
+_TIES = (
+    "ties: PyTorch's CPU kernel leaves the index of equal elements unspecified (quickselect "
+    "or unstable sort), torchtpu picks them in stable order; values match"
+)
 _BESSEL = (
     "no XLA/JAX implementation of this special function; PyTorch's Cephes "
     "approximation has not been ported"
@@ -73,6 +83,14 @@ TABLE: list[Entry] = [
     xfail("tensor_split", "split points given as a tensor are read on the host (.tolist())"),
     xfail("linalg.lstsq", "the driver check reads tensor data on the host; Dynamo runs it eagerly"),
     xfail("linalg.lstsq.grad_oriented", "as linalg.lstsq"),
+    xfail("narrow", "a start given as a tensor is read on the host (.item())"),
+    xfail("bincount", _DATA_DEPENDENT_SHAPE + " (length max(input) + 1)"),
+    xfail("nn.functional.one_hot", _DATA_DEPENDENT_SHAPE + " (num_classes=-1: max(input) + 1)"),
+    xfail(
+        "index_put",
+        "the gradient of a boolean-mask index_put uses nonzero: " + _DATA_DEPENDENT_SHAPE,
+        grad=True,
+    ),
     xfail("item", _DATA_DEPENDENT_VALUE),
     xfail("allclose", _DATA_DEPENDENT_VALUE),
     xfail("equal", _DATA_DEPENDENT_VALUE),
@@ -102,6 +120,27 @@ TABLE: list[Entry] = [
     xfail("linalg.solve", _CHECK_ERRORS),
     xfail("linalg.tensorsolve", _CHECK_ERRORS),
     xfail("linalg.lu_factor", _CHECK_ERRORS),
+    xfail("linalg.eig", _CHECK_ERRORS + " (its backward calls linalg.solve)", grad=True),
+    xfail("linalg.eigvals", _CHECK_ERRORS + " (its backward calls linalg.solve)", grad=True),
+    xfail("linalg.pinv.singular", _LAYOUT),
+    xfail("triangular_solve", _LAYOUT, grad=True),
+    xfail("linalg.solve_ex", _LAYOUT, grad=True),
+    xfail("linalg.solve_triangular", _LAYOUT, grad=True),
+    xfail(
+        "matrix_exp",
+        "eager PyTorch returns NaN for these bfloat16 inputs (its scaling and squaring "
+        "overflows in bfloat16); torchtpu computes in float32 and rounds the finite result",
+        dtypes=("bfloat16",),
+    ),
+    tolerance(
+        "matrix_exp",
+        "entries reach 9e4; against float64 both eager (up to 0.05) and XLA's expm (0.03) "
+        "carry float32 error of ~1e-6 of the largest entry, more than atol for small ones",
+        atol=0.1,
+        rtol=1e-5,
+        dtypes=("float32",),
+        grad=False,
+    ),
     xfail("linalg.ldl_factor", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
     xfail("linalg.ldl_factor_ex", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
     xfail("linalg.ldl_solve", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
@@ -154,6 +193,40 @@ TABLE: list[Entry] = [
             dtypes=("bfloat16",),
         )
         for op in ("sort", "argsort")
+    ),
+    xfail("sort", _TIES, dtypes=("bool",)),
+    xfail("argsort", _TIES, dtypes=("bool",)),
+    xfail("topk", _TIES, dtypes=("bfloat16", "int64")),
+    xfail("kthvalue", _TIES, dtypes=("int64",)),
+    # --- other ops -------------------------------------------------------------------------------
+    xfail("histogramdd", "aten._histogramdd_bin_edges and _histogramdd_from_bin_cts not lowered"),
+    xfail("grid_sampler_3d", "no decomposition in PyTorch and no lowering yet"),
+    xfail("grid_sampler_2d", "grid_sampler_2d_backward has no lowering yet", grad=True),
+    xfail("nn.functional.grid_sample", "grid_sampler_2d_backward has no lowering yet", grad=True),
+    xfail(
+        "_upsample_bilinear2d_aa",
+        "align_corners=True is not lowered (the samples without it pass)",
+    ),
+    tolerance(
+        "_upsample_bilinear2d_aa",
+        "PyTorch computes the antialiasing filter weights in float32, torchtpu in float64 "
+        "and rounds once: differences up to 2e-5",
+        atol=5e-5,
+        rtol=1e-5,
+    ),
+    xfail(
+        "logcumsumexp",
+        "complex results differ by 2*pi in the imaginary part: both are logarithms of the "
+        "same cumulative sum, on different branches",
+        dtypes=("complex64",),
+    ),
+    tolerance(
+        "logcumsumexp",
+        "the gradient cancels catastrophically: against float64 eager and torchtpu are both "
+        "off by up to 2.4e-3, and differ from each other by up to 4e-3",
+        atol=5e-3,
+        rtol=1e-3,
+        grad=True,
     ),
     # --- bfloat16 rounding in eager --------------------------------------------------------------
     *(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from torchtpu.errors import LoweringUnsupported
 from torchtpu.lower.ops._util import accum_dtype, aten, is_float
 from torchtpu.lower.registry import register
 
@@ -370,3 +371,117 @@ def adaptive_max_pool2d_backward(grad, x, indices):
 @register(aten.adaptive_max_pool3d_backward.default)
 def adaptive_max_pool3d_backward(grad, x, indices):
     return _scatter_plane(grad, x, indices, 3)
+
+
+# --- fractional max pooling (window starts come from the given random samples) ---------
+
+
+def _fractional_starts(sample, size, out, kernel):
+    # PyTorch's generate_intervals: alpha-spaced starts, the last window flush right.
+    if out == 1:
+        return jnp.full(sample.shape + (1,), size - kernel, jnp.int64)
+    alpha = (size - kernel) / (out - 1)
+    i = jnp.arange(out - 1)
+    starts = (
+        jnp.floor((i + sample[..., None]) * alpha) - jnp.floor(sample[..., None] * alpha)
+    ).astype(jnp.int64)
+    last = jnp.full(sample.shape + (1,), size - kernel, jnp.int64)
+    return jnp.concatenate([starts, last], axis=-1)
+
+
+def _fractional_max_pool(x, kernel, output_size, samples):
+    n = len(kernel)
+    batched = x.ndim == n + 2
+    if not batched:
+        x = x[None]
+    spatial = x.shape[-n:]
+    grids, flat = [], jnp.zeros((), jnp.int64)
+    for k in range(n):
+        # PyTorch's 2-d kernel reads the samples width first, the 3-d one depth first.
+        dim = n - 1 - k if n == 2 else k
+        starts = _fractional_starts(
+            samples[..., k].astype(jnp.float32), spatial[dim], output_size[dim], kernel[dim]
+        )
+        pos = starts[..., None] + jnp.arange(kernel[dim])  # (N, C, out, kernel)
+        shape = list(pos.shape[:2]) + [1] * (2 * n)
+        shape[2 + 2 * dim], shape[3 + 2 * dim] = pos.shape[2:]
+        grids.append((dim, pos.reshape(shape)))
+    grids.sort(key=lambda g: g[0])
+    for dim, g in grids:
+        flat = flat * spatial[dim] + g
+    b = jnp.arange(x.shape[0]).reshape((-1, 1) + (1,) * (2 * n))
+    c = jnp.arange(x.shape[1]).reshape((1, -1) + (1,) * (2 * n))
+    patches = x[(b, c, *[g for _, g in grids])]
+    order = [0, 1] + [2 + 2 * k for k in range(n)] + [3 + 2 * k for k in range(n)]
+    patches = jnp.transpose(patches, order).reshape(*x.shape[:2], *output_size, -1)
+    flat = jnp.transpose(
+        jnp.broadcast_to(flat, jnp.shape(patches[..., 0])[:2] + flat.shape[2:]), order
+    )
+    flat = flat.reshape(patches.shape)
+    key = jnp.where(jnp.isnan(patches), jnp.inf, patches) if is_float(x) else patches
+    best = jnp.argmax(key, axis=-1)[..., None]
+    values = jnp.take_along_axis(patches, best, axis=-1)[..., 0]
+    indices = jnp.take_along_axis(flat, best, axis=-1)[..., 0].astype(jnp.int64)
+    return (values, indices) if batched else (values[0], indices[0])
+
+
+@register(aten.fractional_max_pool2d.default, aten.fractional_max_pool3d.default)
+def fractional_max_pool(x, kernel_size, output_size, random_samples):
+    return _fractional_max_pool(x, list(kernel_size), list(output_size), random_samples)
+
+
+@register(aten.fractional_max_pool2d_backward.default)
+def fractional_max_pool2d_backward(grad, x, kernel_size, output_size, indices):
+    return _scatter_plane(grad, x, indices, 2)
+
+
+@register(aten.fractional_max_pool3d_backward.default)
+def fractional_max_pool3d_backward(grad, x, kernel_size, output_size, indices):
+    return _scatter_plane(grad, x, indices, 3)
+
+
+# --- antialiased bilinear resampling ---------------------------------------------------
+
+
+def _aa_weights(size, out, scale):
+    """(out, size) weights of PyTorch's antialiased linear filter along one axis."""
+    scale = size / out if scale is None or scale <= 0 else 1.0 / scale
+    support = scale if scale >= 1.0 else 1.0
+    weights = np.zeros((out, size), np.float64)
+    for i in range(out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), size)
+        taps = np.arange(lo, hi)
+        w = np.maximum(0.0, 1.0 - np.abs((taps - center + 0.5) / max(scale, 1.0)))
+        total = w.sum()
+        weights[i, lo:hi] = w / total if total > 0 else w
+    return weights
+
+
+def _upsample_aa(x, output_size, scales):
+    out = x.astype(accum_dtype(x))
+    for k, (size, scale) in enumerate(zip(output_size, scales, strict=True)):
+        axis = x.ndim - 2 + k
+        w = jnp.asarray(_aa_weights(x.shape[axis], int(size), scale), out.dtype)
+        moved = jnp.moveaxis(out, axis, -1)
+        out = jnp.moveaxis(jnp.matmul(moved, w.T, precision=lax.Precision.HIGHEST), -1, axis)
+    return out.astype(x.dtype)
+
+
+@register(aten._upsample_bilinear2d_aa.default)
+def upsample_bilinear2d_aa(x, output_size, align_corners, scales_h=None, scales_w=None):
+    if align_corners:
+        raise LoweringUnsupported("antialiased resampling with align_corners=True")
+    return _upsample_aa(x, output_size, (scales_h, scales_w))
+
+
+@register(aten._upsample_bilinear2d_aa_backward.default)
+def upsample_bilinear2d_aa_backward(
+    grad, output_size, input_size, align_corners, scales_h=None, scales_w=None
+):
+    if align_corners:
+        raise LoweringUnsupported("antialiased resampling with align_corners=True")
+    x = jnp.zeros(tuple(int(s) for s in input_size), grad.dtype)
+    _, vjp = jax.vjp(lambda x_: _upsample_aa(x_, output_size, (scales_h, scales_w)), x)
+    return vjp(grad)[0]

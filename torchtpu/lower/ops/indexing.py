@@ -322,6 +322,7 @@ def argsort(x, dim=-1, descending=False, *, stable=False):
 
 @register(aten.masked_scatter.default)
 def masked_scatter(x, mask, source):
+    x = jnp.broadcast_to(x, jnp.broadcast_shapes(x.shape, mask.shape))
     mask = jnp.broadcast_to(mask, x.shape).reshape(-1)
     positions = jnp.cumsum(mask) - 1
     taken = source.reshape(-1)[jnp.clip(positions, 0, source.size - 1)]

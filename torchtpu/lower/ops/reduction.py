@@ -400,3 +400,44 @@ def segment_reduce(
         out = out / jnp.maximum(lengths, 1).reshape(empty.shape).astype(data.dtype)
     fill = _SEGMENT_EMPTY[reduce] if initial is None else initial
     return jnp.where(empty, jnp.asarray(fill, data.dtype), out).astype(data.dtype)
+
+
+@register(aten._segment_reduce_backward.default)
+def segment_reduce_backward(
+    grad, output, data, reduce, *, lengths=None, offsets=None, axis=0, initial=None
+):
+    if lengths is None:
+        lengths = offsets[..., 1:] - offsets[..., :-1]
+    if lengths.ndim != 1 or axis != 0:
+        raise LoweringUnsupported("segment_reduce backward over batched lengths or axis != 0")
+    ids = jnp.searchsorted(jnp.cumsum(lengths), jnp.arange(data.shape[0]), side="right")
+    ids = jnp.clip(ids, 0, lengths.shape[0] - 1)
+    g = grad[ids]
+    if reduce == "mean":
+        return g / jnp.maximum(lengths, 1)[ids].reshape((-1,) + (1,) * (data.ndim - 1))
+    if reduce in ("max", "min"):
+        # Ties share the gradient equally, as in PyTorch.
+        hit = (data == output[ids]).astype(data.dtype)
+        count = jax.ops.segment_sum(hit, ids, num_segments=lengths.shape[0])
+        return g * hit / jnp.maximum(count[ids], 1)
+    if reduce == "prod":
+        _, vjp = jax.vjp(
+            lambda d: segment_reduce(d, "prod", lengths=lengths, initial=initial), data
+        )
+        return vjp(grad)[0]
+    return g
+
+
+@register(aten.histogram.bins_tensor)
+def histogram_edges(x, bins, *, weight=None, density=False):
+    # Bin i holds [edge i, edge i+1); the last bin also takes its right edge.
+    flat = x.reshape(-1)
+    n = bins.shape[0] - 1
+    idx = jnp.searchsorted(bins, flat, side="right") - 1
+    idx = jnp.where(flat == bins[-1], n - 1, idx)
+    inside = (flat >= bins[0]) & (flat <= bins[-1])
+    w = jnp.ones_like(flat) if weight is None else weight.reshape(-1).astype(flat.dtype)
+    hist = jnp.zeros((n,), flat.dtype).at[jnp.clip(idx, 0, n - 1)].add(jnp.where(inside, w, 0))
+    if density:
+        hist = hist / (jnp.sum(hist) * (bins[1:] - bins[:-1]))
+    return hist, bins

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -381,3 +382,34 @@ def view_as_complex(x):
 @register(aten.view_as_real.default)
 def view_as_real(x):
     return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+
+
+def _replicate_pad(x, pad):
+    """PyTorch's replicate padding: output j reads input clamp(j - left, 0, n - 1)."""
+    for i in range(len(pad) // 2):
+        axis = x.ndim - 1 - i
+        lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+        n = x.shape[axis]
+        source = np.clip(np.arange(n + lo + hi) - lo, 0, n - 1)
+        x = jnp.take(x, source, axis=axis)
+    return x
+
+
+@register(
+    aten.replication_pad1d_backward.default,
+    aten.replication_pad2d_backward.default,
+    aten.replication_pad3d_backward.default,
+)
+def replication_pad_backward(grad, x, padding):
+    _, vjp = jax.vjp(lambda x_: _replicate_pad(x_, padding), x)
+    return vjp(grad.astype(x.dtype))[0]
+
+
+@register(aten.masked_scatter_backward.default)
+def masked_scatter_backward(grad, mask, sizes):
+    # The gradient of masked_scatter's source: grad at the masked positions, in order.
+    n = math.prod(_size(sizes))
+    taken = jnp.broadcast_to(mask, grad.shape).reshape(-1)
+    slot = jnp.where(taken, jnp.cumsum(taken) - 1, n)
+    out = jnp.zeros((n,), grad.dtype).at[slot].add(grad.reshape(-1), mode="drop")
+    return out.reshape(_size(sizes))
