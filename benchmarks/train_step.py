@@ -187,6 +187,9 @@ def _run(ctx, fn):
 
 
 def _timed(step) -> float:
+    # Let the other runtime's worker threads (OpenMP, XLA's pool) go idle first:
+    # threads still spinning from the previous system's step would steal cores.
+    time.sleep(0.1)
     start = time.perf_counter()
     loss = step()
     float(loss.detach().float().cpu().item())  # wait for the result
