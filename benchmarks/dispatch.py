@@ -77,6 +77,7 @@ def _timed(fn) -> float:  # noqa: ANN001
 
 
 def per_step(steps: int) -> list[tuple[str, float]]:
+    """Median step time (ms) per system; systems take turns, one step per round."""
     import transformers
 
     config = transformers.GPT2Config(
@@ -91,33 +92,39 @@ def per_step(steps: int) -> list[tuple[str, float]]:
         use_cache=False,
     )
     ids = torch.randint(0, config.vocab_size, (8, 64))
-    rows = []
 
-    def run(model: torch.nn.Module, forward, device: str) -> float:  # noqa: ANN001
+    def system(forward_of, device: str):  # noqa: ANN001, ANN202
+        torch.manual_seed(0)
+        model = transformers.GPT2LMHeadModel(config).to(device)
+        forward = forward_of(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         batch = ids.to(device)
-        times = []
-        for _ in range(steps + 3):
-            start = time.perf_counter()
+
+        def step() -> None:
             loss = forward(batch, labels=batch).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
             loss.item()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times[3:]) * 1e3
 
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config)
-    rows.append(("eager PyTorch (CPU)", run(model, model, "cpu")))
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config)
-    compiled = torch.compile(model, backend="tpu")
-    rows.append(('torch.compile(backend="tpu")', run(model, compiled, "cpu")))
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).to("tpu")
-    rows.append(("device mode, fused (cached)", run(model, model, "tpu")))
-    return rows
+        return step
+
+    systems = {
+        "eager PyTorch (CPU)": system(lambda m: m, "cpu"),
+        "torch.compile (inductor)": system(torch.compile, "cpu"),
+        'torch.compile(backend="tpu")': system(lambda m: torch.compile(m, backend="tpu"), "cpu"),
+        "device mode, fused (cached)": system(lambda m: m, "tpu"),
+    }
+    for step in systems.values():
+        for _ in range(3):  # compile and warm up
+            step()
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    names = list(systems)
+    for r in range(steps):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            time.sleep(0.05)  # let the other runtime's worker threads go idle
+            times[name].append(_timed(systems[name]))
+    return [(name, statistics.median(t) * 1e3) for name, t in times.items()]
 
 
 def main() -> None:
@@ -133,11 +140,13 @@ def main() -> None:
         print(f"  {name:<50} {us:8.1f} us/op")
     if args.skip_step:
         return
-    print(f"\ntraining step (GPT-2 2x128, batch 8x64, AdamW; median of {args.steps})")
-    rows = per_step(args.steps)
-    reference = rows[1][1]
-    for name, ms in rows:
-        print(f"  {name:<50} {ms:8.1f} ms   {ms / reference:5.2f}x torch.compile")
+    print(f"\ntraining step (GPT-2 2x128, batch 8x64, AdamW; median of {args.steps} interleaved)")
+    rows = dict(per_step(args.steps))
+    eager, inductor = rows["eager PyTorch (CPU)"], rows["torch.compile (inductor)"]
+    tpu = rows['torch.compile(backend="tpu")']
+    print(f"  {'system':<32} {'ms':>8} {'vs eager':>9} {'vs inductor':>12} {'vs tpu backend':>15}")
+    for name, ms in rows.items():
+        print(f"  {name:<32} {ms:8.1f} {ms / eager:8.2f}x {ms / inductor:11.2f}x {ms / tpu:14.2f}x")
     metrics = torchtpu.metrics()
     print(
         f"\ndevice mode: {metrics['fused_compiles']} fused compiles, "
