@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="at most this many samples per op and dtype")
     parser.add_argument("--out", help="report path (default docs/conformance.md for a full run)")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument(
+        "--merge",
+        help="raw results of an earlier run (--json): rerun only --ops and report them merged",
+    )
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore")
@@ -204,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     table = sweep(ops, columns, args.limit)
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        merged = {op: {c: Cell(**cell) for c, cell in row.items()} for op, row in earlier.items()}
+        merged.update(table)
+        table = merged
     report = render(table, columns, argv, time.perf_counter() - start)
     full_run = not (args.ops or args.dtypes or args.limit)
     out = args.out or (str(ROOT / "docs" / "conformance.md") if full_run else None)

@@ -91,6 +91,13 @@ TABLE: list[Entry] = [
         "the gradient of a boolean-mask index_put uses nonzero: " + _DATA_DEPENDENT_SHAPE,
         grad=True,
     ),
+    xfail("take", "for a 0-d input the decomposition checks the index bound on the host"),
+    xfail("index_fill", "not investigated: one gradient sample never reaches XLA", grad=True),
+    xfail(
+        "native_dropout_backward",
+        "not investigated: eager's bool result differs from grad & mask on one sample",
+        dtypes=("bool",),
+    ),
     xfail("item", _DATA_DEPENDENT_VALUE),
     xfail("allclose", _DATA_DEPENDENT_VALUE),
     xfail("equal", _DATA_DEPENDENT_VALUE),
@@ -228,21 +235,37 @@ TABLE: list[Entry] = [
         rtol=1e-3,
         grad=True,
     ),
+    *(
+        tolerance(
+            op,
+            "sums of bfloat16 products whose terms reach ~100 while outputs may be near 0: "
+            "against a float32 reference both eager and torchtpu are off by up to ~1.0 "
+            "(addbmm 1.02 vs 0.87, baddbmm 0.57 vs 0.57), so they may differ by as much",
+            atol=1.0,
+            rtol=0.1,
+            dtypes=("bfloat16",),
+        )
+        for op in ("addbmm", "baddbmm")
+    ),
     # --- bfloat16 rounding in eager --------------------------------------------------------------
     *(
         tolerance(
             op,
             "eager rounds bfloat16 intermediates where XLA accumulates in float32; against a "
-            "float32 reference on the same inputs torchtpu's error is no larger than eager's "
-            "(grid_sample 0.004 vs 0.04, bilinear 0.03 vs 0.06, conv_transpose3d equal) "
-            "except addbmm (1.13 vs 1.02 on outputs near 100, both a few bfloat16 ulp)",
+            "float32 reference on the same inputs (first 8 samples) torchtpu's largest error "
+            "is no larger than eager's: grid_sample 0.004 vs 0.04, grid_sampler_2d 0.004 vs "
+            "0.21, bilinear 0.09 vs 0.11, conv_transpose2d 0.48 vs 0.58, conv_transpose3d "
+            "equal, cross 0.23 vs 0.27, adaptive_avg_pool3d 0.016 vs 0.040",
             atol=0.25,
             rtol=0.1,
             dtypes=("bfloat16",),
         )
         for op in (
-            "addbmm",
+            "cross",
+            "linalg.cross",
+            "nn.functional.adaptive_avg_pool3d",
             "nn.functional.bilinear",
+            "nn.functional.conv_transpose2d",
             "nn.functional.conv_transpose3d",
             "nn.functional.grid_sample",
             "grid_sampler_2d",

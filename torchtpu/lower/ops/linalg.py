@@ -99,8 +99,9 @@ def inv_ex(a, *, check_errors=False):
 
 @register(aten._linalg_det.default)
 def linalg_det(a):
-    lu, piv, _ = lax.linalg.lu(a)
-    return jnp.linalg.det(a), lu, piv.astype(jnp.int32) + 1
+    # PyTorch factors A^T (a row-major A is A^T to LAPACK), and its backward
+    # solves with that factorization, so return the same one.
+    return (jnp.linalg.det(a), *_lu(_mT(a)))
 
 
 @register(aten.linalg_solve_triangular.default)
@@ -170,7 +171,7 @@ def linalg_eig(a):
 @register(aten._linalg_slogdet.default)
 def linalg_slogdet(a):
     sign, logabs = jnp.linalg.slogdet(a)
-    return (sign, logabs, *_lu(a))
+    return (sign, logabs, *_lu(_mT(a)))  # A^T's factorization, as in linalg_det
 
 
 @register(aten.linalg_lu_factor_ex.default)

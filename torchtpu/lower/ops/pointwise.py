@@ -432,11 +432,12 @@ def angle(x):
 
 @register(aten.complex.default)
 def complex_(real, imag):
-    return lax.complex(real, imag)
+    return lax.complex(*jnp.broadcast_arrays(real, imag))
 
 
 @register(aten.polar.default)
 def polar(magnitude, angle):
+    magnitude, angle = jnp.broadcast_arrays(magnitude, angle)
     return lax.complex(magnitude * jnp.cos(angle), magnitude * jnp.sin(angle))
 
 
