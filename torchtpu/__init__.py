@@ -11,6 +11,7 @@ from torchtpu.capture import tpu_backend
 from torchtpu.config import Options, options, set_options
 from torchtpu.device import device_mode, patch_cuda, set_device_mode, sync
 from torchtpu.errors import LoweringUnsupported, TorchTPUError, UnsupportedOpError
+from torchtpu.examine import examine
 from torchtpu.metrics import metrics, report, reset_metrics
 from torchtpu.run.executor import clear_program_cache, compile_log
 from torchtpu.train import CompiledStep, compile_step
@@ -26,6 +27,7 @@ __all__ = [
     "clear_program_cache",
     "compile_log",
     "device_mode",
+    "examine",
     "compile_step",
     "metrics",
     "options",
