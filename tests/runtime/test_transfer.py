@@ -63,3 +63,11 @@ def test_default_device_is_cpu_here_and_platform_override_is_checked():
             default_device()
     with pytest.raises(ValueError, match="platform"):
         torchtpu.set_options(platform="abacus")
+
+
+def test_size_one_dims_with_odd_strides_get_a_row_major_layout():
+    # is_contiguous() is True here, but the strides DLPack would hand over are not row-major.
+    odd = torch.randn(1, 3).t()
+    square = torch.randn(3, 3)
+    out = torch.compile(lambda a, b: a @ b, backend="tpu")(square, odd)
+    torch.testing.assert_close(out, square @ odd)

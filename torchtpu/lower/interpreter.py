@@ -150,5 +150,6 @@ def _match_meta(out: Any, meta: Any) -> Any:
         want = to_jax_dtype(meta.dtype)
         return out if out.dtype == want else out.astype(want)
     if isinstance(meta, (list, tuple)) and isinstance(out, (list, tuple)):
-        return type(out)(_match_meta(o, m) for o, m in zip(out, meta, strict=False))
+        matched = [_match_meta(o, m) for o, m in zip(out, meta, strict=False)]
+        return matched if isinstance(out, list) else tuple(matched)  # named tuples too
     return out

@@ -76,8 +76,10 @@ def _upload(t: torch.Tensor, device: jax.Device) -> jax.Array:
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
-    if not t.is_contiguous():
-        t = t.contiguous()
+    if t.stride() != _row_major_strides(t.shape):
+        # is_contiguous() ignores the strides of size-1 dims, but DLPack passes them
+        # on, and XLA would see a layout it did not compile for.
+        t = t.clone(memory_format=torch.contiguous_format)
     same_memory = (t.device.type == "cpu" and device.platform == "cpu") or (
         t.device.type == "cuda" and device.platform in {"gpu", "cuda", "rocm"}
     )
@@ -94,6 +96,14 @@ def _upload(t: torch.Tensor, device: jax.Device) -> jax.Array:
     else:
         data = host.numpy()
     return jax.device_put(data, device)
+
+
+def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 def to_device(t: torch.Tensor, device: jax.Device) -> jax.Array:
