@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in bar:
         x, y = next(data)
         loss, dt = timed(train_step, compiled, opt, sched, x, y)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / dt:,.0f}")
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / dt:,.0f}", refresh=False)
     bar.close()
 
     model.eval()
