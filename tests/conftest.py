@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# A private persistent cache, so tests neither read nor fill the user's.
-os.environ.setdefault("TORCHTPU_CACHE_DIR", tempfile.mkdtemp(prefix="torchtpu-test-cache-"))
+# A private persistent cache, so tests neither read nor fill the user's; removed at exit.
+if "TORCHTPU_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="torchtpu-test-cache-")
+    os.environ["TORCHTPU_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
