@@ -35,7 +35,7 @@ from torchtpu.config import options
 from torchtpu.device import lazy
 from torchtpu.device.lazy import SCALAR, TENSOR, Recipe, Value
 from torchtpu.errors import UnsupportedOpError, unsupported_message
-from torchtpu.lower.dtypes import to_jax_dtype
+from torchtpu.lower.dtypes import from_numpy, to_jax_dtype, to_numpy
 from torchtpu.lower.registry import lookup
 from torchtpu.metrics import bump, count_fallback
 from torchtpu.runtime import jax_scope
@@ -185,13 +185,9 @@ def upload(t: torch.Tensor) -> Value:
     if t.is_neg():
         t = t.resolve_neg()
     t = t.cpu().contiguous()
-    if t.dtype == torch.bfloat16:
-        data = t.view(torch.int16).numpy().view(to_jax_dtype(torch.bfloat16))
-    else:
-        data = t.numpy()
     # A copy: later in-place edits of the CPU tensor must not reach the device value.
     with jax_scope() as dev:
-        array = jax.device_put(np.array(data, copy=True), dev)
+        array = jax.device_put(np.array(to_numpy(t), copy=True), dev)
     bump("host_to_device")
     bump("host_to_device_bytes", t.numel() * t.element_size())
     return Value(tuple(t.shape), t.dtype, array)
@@ -209,9 +205,7 @@ def to_cpu(t: TPUTensor, reason: str) -> torch.Tensor:
     v = read(t)
     host = np.asarray(materialize(v, reason))
     bump("device_to_host")
-    if v.dtype == torch.bfloat16:
-        return torch.from_numpy(host.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.array(host, copy=True)).reshape(v.shape)
+    return from_numpy(host).reshape(v.shape)
 
 
 # --- dispatch -----------------------------------------------------------------------

@@ -47,6 +47,26 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
         raise TypeError(f"torchtpu has no torch dtype for JAX dtype {dtype}") from None
 
 
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of CPU tensor ``t`` (contiguous), bfloat16 included.
+
+    NumPy has no bfloat16 of its own: the bits go through int16 and come out
+    as ml_dtypes' bfloat16, which JAX uses.
+    """
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_TORCH_TO_JAX[torch.bfloat16])
+    return t.numpy()
+
+
+def from_numpy(a: np.ndarray) -> torch.Tensor:
+    """A torch tensor owning a copy of ``a``, bfloat16 included."""
+    a = np.array(a, order="C", copy=True)  # not ascontiguousarray: it makes 0-d arrays 1-d
+    if a.dtype == np.dtype(_TORCH_TO_JAX[torch.bfloat16]):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def meta_like(value: Any) -> Any:
     """A meta tensor with ``value``'s shape and dtype; Python numbers pass through."""
     if isinstance(value, (Number, torch.SymInt, torch.SymFloat, torch.SymBool)):

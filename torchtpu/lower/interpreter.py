@@ -18,7 +18,7 @@ import torch
 import torch.fx
 
 from torchtpu.errors import LoweringUnsupported, unsupported_message
-from torchtpu.lower.dtypes import is_array, promoted_dtypes, to_jax_dtype
+from torchtpu.lower.dtypes import is_array, promoted_dtypes, to_jax_dtype, to_numpy
 from torchtpu.lower.registry import Lowering, lookup
 
 
@@ -98,10 +98,7 @@ def _constant(node: torch.fx.Node) -> Any:
 
 
 def to_jax_constant(t: torch.Tensor) -> jax.Array:
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:
-        return jnp.asarray(t.view(torch.int16).numpy()).view(jnp.bfloat16)
-    return jnp.asarray(t.numpy())
+    return jnp.asarray(to_numpy(t))
 
 
 def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) -> Any:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import torch
 
-from torchtpu.lower.dtypes import to_jax_dtype
+from torchtpu.lower.dtypes import from_numpy, to_numpy
 from torchtpu.metrics import bump
 
 
@@ -90,12 +90,7 @@ def _upload(t: torch.Tensor, device: jax.Device) -> jax.Array:
                 return array
         except (TypeError, RuntimeError, BufferError):
             pass
-    host = t.cpu()
-    if host.dtype == torch.bfloat16:
-        data = host.view(torch.int16).numpy().view(to_jax_dtype(torch.bfloat16))
-    else:
-        data = host.numpy()
-    return jax.device_put(data, device)
+    return jax.device_put(to_numpy(t), device)
 
 
 def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
@@ -137,11 +132,6 @@ def from_device(array: jax.Array, like: torch.device | None = None) -> torch.Ten
         except (TypeError, RuntimeError, BufferError):
             pass
     bump("device_to_host")
-    host = np.asarray(jax.device_get(array))
-    if host.dtype == to_jax_dtype(torch.bfloat16):
-        out = torch.from_numpy(host.view(np.int16).copy()).view(torch.bfloat16)
-    else:
-        out = torch.from_numpy(np.ascontiguousarray(host).copy())
-    out = out.to(target)
+    out = from_numpy(np.asarray(jax.device_get(array))).to(target)
     residency.remember(out, array)
     return out

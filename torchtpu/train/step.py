@@ -42,7 +42,7 @@ from torch.utils import _pytree as pytree
 from torchtpu.config import Options, options
 from torchtpu.decompose import decomposition_table
 from torchtpu.errors import TorchTPUError
-from torchtpu.lower.dtypes import to_jax_dtype
+from torchtpu.lower.dtypes import from_numpy, to_jax_dtype, to_numpy
 from torchtpu.metrics import bump
 from torchtpu.run.executor import GraphExecutor
 from torchtpu.runtime import from_device, jax_scope
@@ -688,19 +688,11 @@ def _strip_side_effects(gm: torch.fx.GraphModule) -> None:
 
 def _upload_owned(t: torch.Tensor, dtype: torch.dtype, device: jax.Device) -> jax.Array:
     """A device copy that owns its memory, so donating it never touches torch's."""
-    host = t.detach().to(dtype).contiguous().cpu()
-    if host.dtype == torch.bfloat16:
-        data = host.view(torch.int16).numpy().view(to_jax_dtype(torch.bfloat16)).copy()
-    else:
-        data = host.numpy().copy()
-    return jax.device_put(data, device)
+    return jax.device_put(to_numpy(t.detach().to(dtype)).copy(), device)
 
 
 def _host_tensor(array: jax.Array) -> torch.Tensor:
-    host = np.asarray(jax.device_get(array))
-    if host.dtype == to_jax_dtype(torch.bfloat16):
-        return torch.from_numpy(host.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(host.copy())
+    return from_numpy(np.asarray(jax.device_get(array)))
 
 
 def _torch_dtype(dtype: Any) -> torch.dtype:
