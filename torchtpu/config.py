@@ -68,6 +68,18 @@ def options() -> Options:
     return _OPTIONS
 
 
+def options_with(overrides: dict[str, object] | None, caller: str) -> Options:
+    """A copy of the options in force with ``overrides`` applied; ``caller`` names
+    the API in the error for an unknown option."""
+    base = dataclasses.replace(_OPTIONS)
+    for name, value in (overrides or {}).items():
+        if not hasattr(base, name):
+            valid = ", ".join(f.name for f in dataclasses.fields(Options))
+            raise TypeError(f"{caller}: unknown option {name!r}; valid: {valid}")
+        setattr(base, name, value)
+    return base
+
+
 def set_options(**changes: object) -> Options:
     """Change options at run time and return the new set.
 

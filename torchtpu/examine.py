@@ -27,10 +27,9 @@ from typing import Any
 
 import torch
 import torch.fx
-from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
 
-from torchtpu.decompose import decomposition_table
+from torchtpu.capture.backend import aot_backend
 from torchtpu.errors import describe_value
 from torchtpu.lower.registry import lookup
 
@@ -127,12 +126,7 @@ def examine(model_or_fn: Callable[..., Any], *example_inputs: Any) -> ExamineRep
 
         return capture
 
-    backend = aot_autograd(
-        fw_compiler=compiler("forward"),
-        bw_compiler=compiler("backward"),
-        inference_compiler=compiler("inference"),
-        decompositions=decomposition_table(),
-    )
+    backend = aot_backend(compiler)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = torch.compile(model_or_fn, backend=backend, dynamic=False)

@@ -8,30 +8,29 @@ for that model, e.g. ``options={"strict": True}``.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.fx
 from torch._dynamo.backends.common import aot_autograd
 
-from torchtpu.config import Options, options
+from torchtpu.config import options_with
 from torchtpu.decompose import decomposition_table
 from torchtpu.metrics import bump
 from torchtpu.run.executor import GraphExecutor
 
 
-def _options_with(overrides: dict[str, Any] | None) -> Options:
-    base = dataclasses.replace(options())
-    for name, value in (overrides or {}).items():
-        if not hasattr(base, name):
-            valid = ", ".join(f.name for f in dataclasses.fields(Options))
-            raise TypeError(
-                f"torch.compile(backend='tpu'): unknown option {name!r}; valid: {valid}"
-            )
-        setattr(base, name, value)
-    return base
+def aot_backend(compiler_for: Callable[[str], Callable[..., Any]]) -> Any:
+    """AOTAutograd set up as the ``tpu`` backend uses it (torchtpu's decompositions),
+    with ``compiler_for(name)`` compiling the "forward", "backward" and "inference"
+    graphs. ``torchtpu.examine`` captures through this too, so it sees what we run."""
+    return aot_autograd(
+        fw_compiler=compiler_for("forward"),
+        bw_compiler=compiler_for("backward"),
+        inference_compiler=compiler_for("inference"),
+        decompositions=decomposition_table(),
+    )
 
 
 def tpu_backend(
@@ -47,7 +46,7 @@ def tpu_backend(
         model = torch.compile(torch.nn.Linear(4, 4), backend="tpu")
         model(torch.randn(2, 4))
     """
-    opts = _options_with(options)
+    opts = options_with(options, "torch.compile(backend='tpu')")
     bump("graphs")
 
     def compiler(name: str):
@@ -56,10 +55,4 @@ def tpu_backend(
 
         return compile_graph
 
-    backend = aot_autograd(
-        fw_compiler=compiler("forward"),
-        bw_compiler=compiler("backward"),
-        inference_compiler=compiler("inference"),
-        decompositions=decomposition_table(),
-    )
-    return backend(gm, example_inputs)
+    return aot_backend(compiler)(gm, example_inputs)

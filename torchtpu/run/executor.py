@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -87,15 +86,7 @@ class GraphExecutor:
 
         Used by ``torchtpu.compile_step``, whose state lives on the device.
         """
-        with jax_scope() as device:
-            while True:
-                try:
-                    return self._run(args, device, to_torch=False)
-                except NoLowering as exc:
-                    self._fall_back(exc.node, reason=str(exc))
-                    self.segments = partition(self.gm.graph, self.eager_nodes)
-                    self._programs.clear()
-                    self._fingerprints.clear()
+        return self._run_with_fallbacks(args, to_torch=False)
 
     def __call__(self, *args: Any) -> list[Any]:
         # AOTAutograd calls with one list (the boxed convention, which lets us
@@ -104,10 +95,14 @@ class GraphExecutor:
         inputs = list(args[0]) if boxed else list(args)
         if boxed:
             args[0].clear()
+        return self._run_with_fallbacks(inputs, to_torch=True)
+
+    def _run_with_fallbacks(self, args: list[Any], to_torch: bool) -> list[Any]:
+        """Run; a node whose lowering fails while traced falls back and we re-partition."""
         with jax_scope() as device:
             while True:
                 try:
-                    return self._run(inputs, device)
+                    return self._run(args, device, to_torch)
                 except NoLowering as exc:
                     self._fall_back(exc.node, reason=str(exc))
                     self.segments = partition(self.gm.graph, self.eager_nodes)
@@ -136,7 +131,7 @@ class GraphExecutor:
 
     # --- execution ---------------------------------------------------------------
 
-    def _run(self, args: list[Any], device: jax.Device, to_torch: bool = True) -> list[Any]:
+    def _run(self, args: list[Any], device: jax.Device, to_torch: bool) -> list[Any]:
         env: dict[torch.fx.Node, Any] = dict(zip(self.placeholders, args, strict=True))
         torch_device = next(
             (a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu")
@@ -265,7 +260,3 @@ def _log_compile(name: str, segment: Segment, seconds: float) -> None:
 def compile_log() -> list[str]:
     """With ``TORCHTPU_DEBUG=1``: one line per XLA compile, saying what and why."""
     return list(_COMPILE_LOG)
-
-
-def describe_inputs(args: Sequence[Any]) -> str:
-    return ", ".join(describe_value(a) for a in args)

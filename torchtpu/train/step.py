@@ -39,10 +39,10 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-from torchtpu.config import Options, options
+from torchtpu.config import options_with
 from torchtpu.decompose import decomposition_table
 from torchtpu.errors import TorchTPUError
-from torchtpu.lower.dtypes import from_numpy, to_jax_dtype, to_numpy
+from torchtpu.lower.dtypes import from_numpy, to_jax_dtype, to_numpy, to_torch_dtype
 from torchtpu.metrics import bump
 from torchtpu.run.executor import GraphExecutor
 from torchtpu.runtime import from_device, jax_scope
@@ -201,7 +201,7 @@ class CompiledStep:
                 f"compile_step could not find a model or optimizer used by {fn!r}: pass "
                 "models=[...] and optimizers=[...] explicitly."
             )
-        self.opts = _with_overrides(overrides)
+        self.opts = options_with(overrides, "compile_step")
         self._programs: dict[Any, tuple[_Layout, GraphExecutor, Any]] = {}
         self._device: dict[tuple, jax.Array] = {}
         self._seen: dict[tuple, tuple[int, int]] = {}
@@ -428,7 +428,7 @@ class CompiledStep:
         def fake(key: tuple, requires_grad: bool = False) -> torch.Tensor:
             a = self._device[key]
             with mode:
-                t = torch.empty(a.shape, dtype=_torch_dtype(a.dtype))
+                t = torch.empty(a.shape, dtype=to_torch_dtype(a.dtype))
             return t.requires_grad_(requires_grad)
 
         params = [fake(("param", i), p.requires_grad) for i, p in enumerate(layout.params)]
@@ -693,18 +693,3 @@ def _upload_owned(t: torch.Tensor, dtype: torch.dtype, device: jax.Device) -> ja
 
 def _host_tensor(array: jax.Array) -> torch.Tensor:
     return from_numpy(np.asarray(jax.device_get(array)))
-
-
-def _torch_dtype(dtype: Any) -> torch.dtype:
-    from torchtpu.lower.dtypes import to_torch_dtype
-
-    return to_torch_dtype(dtype)
-
-
-def _with_overrides(overrides: dict[str, Any] | None) -> Options:
-    base = dataclasses.replace(options())
-    for name, value in (overrides or {}).items():
-        if not hasattr(base, name):
-            raise TypeError(f"compile_step: unknown option {name!r}")
-        setattr(base, name, value)
-    return base
