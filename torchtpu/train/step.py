@@ -213,10 +213,11 @@ class CompiledStep:
     # --- public -----------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        params, buffers = self._params(), self._buffers()
         with jax_scope() as device:
-            self._upload_changes(device)
-            self._init_zero_state(device)
-            layout, flat_batch = self._layout(args, kwargs)
+            self._upload_changes(params, buffers, device)
+            self._init_zero_state(params, device)
+            layout, flat_batch = self._layout(args, kwargs, params, buffers)
             key = self._signature(layout, flat_batch)
             if key not in self._programs:
                 self._programs[key] = self._compile(layout, flat_batch)
@@ -234,10 +235,10 @@ class CompiledStep:
         if not self._dirty:
             return
         self._dirty = False
-        params = self._params()
+        params, buffers = self._params(), self._buffers()
         with torch.no_grad():
             for key, array in self._device.items():
-                target = self._torch_target(key, params, array)
+                target = self._torch_target(key, params, buffers, array)
                 if target is not None:
                     self._seen[key] = (id(target), target._version)
             for i, p in enumerate(params):
@@ -278,14 +279,16 @@ class CompiledStep:
                         seen.setdefault(id(buf), (module, name))
         return list(seen.values())
 
-    def _torch_state(self, params: list[torch.Tensor]) -> dict[tuple, torch.Tensor]:
+    def _torch_state(
+        self, params: list[torch.Tensor], buffers: list[tuple[torch.nn.Module, str]]
+    ) -> dict[tuple, torch.Tensor]:
         index = {id(p): i for i, p in enumerate(params)}
         tensors: dict[tuple, torch.Tensor] = {}
         for i, p in enumerate(params):
             tensors[("param", i)] = p
             if p.grad is not None:
                 tensors[("grad", i)] = p.grad
-        for j, (module, name) in enumerate(self._buffers()):
+        for j, (module, name) in enumerate(buffers):
             tensors[("buffer", j)] = module._buffers[name]
         for o, opt in enumerate(self.optimizers):
             for p, state in opt.state.items():
@@ -300,26 +303,26 @@ class CompiledStep:
                 return torch.bfloat16
         return t.dtype
 
-    def _upload_changes(self, device: jax.Device) -> None:
+    def _upload_changes(self, params, buffers, device: jax.Device) -> None:
         """Upload what torch changed since we last saw it; the device keeps the rest.
 
         A tensor changed on the torch side wins over the device's copy, e.g. after
         ``model.load_state_dict``; everything else stays where it is newest.
         """
-        for key, t in self._torch_state(self._params()).items():
+        for key, t in self._torch_state(params, buffers).items():
             if key in self._device and self._seen.get(key) == (id(t), t._version):
                 continue
             self._device[key] = _upload_owned(t, self._device_dtype(key, t), device)
             self._seen[key] = (id(t), t._version)
             bump("host_to_device")
 
-    def _init_zero_state(self, device: jax.Device) -> None:
+    def _init_zero_state(self, params: list[torch.Tensor], device: jax.Device) -> None:
         """Create Adam/AdamW state up front, as their lazy init would on the first step.
 
         That init is exactly zeros and a step count of 0, so doing it here lets the
         first program be the steady-state one instead of compiling two.
         """
-        index = {id(p): i for i, p in enumerate(self._params())}
+        index = {id(p): i for i, p in enumerate(params)}
         for o, opt in enumerate(self.optimizers):
             if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
                 continue
@@ -343,7 +346,7 @@ class CompiledStep:
                         for name in names:
                             self._device[("state", o, i, name)] = jax.numpy.zeros(like.shape, dtype)
 
-    def _torch_target(self, key: tuple, params: list[torch.Tensor], array: jax.Array):
+    def _torch_target(self, key: tuple, params, buffers, array: jax.Array):
         host = _host_tensor(array)
         kind = key[0]
         if kind == "param":
@@ -355,7 +358,7 @@ class CompiledStep:
                 return p.grad
             target = p.grad
         elif kind == "buffer":
-            module, name = self._buffers()[key[1]]
+            module, name = buffers[key[1]]
             target = module._buffers[name]
         else:
             _, o, i, name = key
@@ -369,20 +372,16 @@ class CompiledStep:
 
     # --- tracing ----------------------------------------------------------------
 
-    def _layout(self, args: tuple, kwargs: dict) -> tuple[_Layout, list[Any]]:
-        params = self._params()
+    def _layout(self, args: tuple, kwargs: dict, params, buffers) -> tuple[_Layout, list[Any]]:
         leaves, spec = pytree.tree_flatten((args, kwargs))
         static = {i: v for i, v in enumerate(leaves) if not isinstance(v, torch.Tensor)}
         tensors = [v for v in leaves if isinstance(v, torch.Tensor)]
-        state_keys = sorted(
-            k for k in set(self._device) | set(self._torch_state(params)) if k[0] == "state"
-        )
-        grads = sorted(
-            k[1] for k in set(self._device) | set(self._torch_state(params)) if k[0] == "grad"
-        )
+        # After _upload_changes the device holds every key torch has, and more.
+        state_keys = sorted(k for k in self._device if k[0] == "state")
+        grads = sorted(k[1] for k in self._device if k[0] == "grad")
         layout = _Layout(
             params=params,
-            buffers=self._buffers(),
+            buffers=buffers,
             state_keys=[k[1:] for k in state_keys],
             grad_params=grads,
             n_lrs=[len(opt.param_groups) for opt in self.optimizers],
