@@ -248,3 +248,19 @@ def test_activation_checkpointing_refuses_dropout():
         torchtpu.compile_step(step, checkpoint=True, models=[model], optimizers=[opt])(
             torch.ones(3, requires_grad=True)
         )
+
+
+def test_grads_zeroed_in_the_step_are_not_resurrected_from_stale_torch_grads():
+    (ref, ref_opt, _), (ours, our_opt, _), eager, step = make_steps("sgd", clip=False)
+    x, y = torch.randn(8, 6), torch.randn(8, 3)
+    # An eager backward leaves grads on both models; the step accumulates onto them
+    # once, then zero_grad() clears them, so later steps start from None.
+    for model in (ref, ours):
+        torch.nn.functional.mse_loss(model(x), y).backward()
+    compiled = torchtpu.compile_step(step)
+    for _ in range(3):
+        torch.testing.assert_close(compiled(x, y), eager(x, y), rtol=1e-5, atol=1e-5)
+    compiled.sync()
+    for p, q in zip(ref.parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-5)
+        assert q.grad is None and p.grad is None

@@ -310,7 +310,9 @@ class CompiledStep:
         ``model.load_state_dict``; everything else stays where it is newest.
         """
         for key, t in self._torch_state(params, buffers).items():
-            if key in self._device and self._seen.get(key) == (id(t), t._version):
+            # Unchanged since we last saw it: the device's value (or its absence, for a
+            # grad the step's zero_grad() dropped) is newer.
+            if self._seen.get(key) == (id(t), t._version):
                 continue
             self._device[key] = _upload_owned(t, self._device_dtype(key, t), device)
             self._seen[key] = (id(t), t._version)
