@@ -6,19 +6,10 @@ import textwrap
 
 import pytest
 import torch
+from _unlowered import OP, mystery  # noqa: F401
 
 import torchtpu
 from torchtpu.examine import FALLS_BACK, LOWERS, main
-
-
-@torch.library.custom_op("torchtpu_test::mystery", mutates_args=())
-def mystery(x: torch.Tensor) -> torch.Tensor:
-    return x * 2
-
-
-@mystery.register_fake
-def _(x):
-    return torch.empty_like(x)
 
 
 def _statuses(report):

@@ -6,22 +6,9 @@ import sys
 
 import pytest
 import torch
+from _unlowered import OP, mystery  # noqa: F401
 
 import torchtpu
-
-
-# A custom op defined here has no lowering, and never will.
-@torch.library.custom_op("torchtpu_test::mystery", mutates_args=())
-def mystery(x: torch.Tensor) -> torch.Tensor:
-    return torch.special.bessel_j0(x)
-
-
-@mystery.register_fake
-def _(x):
-    return torch.empty_like(x)
-
-
-OP = "torchtpu_test.mystery.default"
 
 
 def uses_unsupported(x):
