@@ -31,6 +31,7 @@ from torch._functorch.aot_autograd import make_boxed_func
 
 from torchtpu.capture.backend import aot_backend
 from torchtpu.errors import describe_value
+from torchtpu.lower.interpreter import node_op
 from torchtpu.lower.registry import lookup
 
 LOWERS = "lowers"
@@ -161,9 +162,9 @@ def _op_uses(graphs: list[tuple[str, torch.fx.GraphModule]]) -> list[OpUse]:
         for node in gm.graph.nodes:
             if node.op != "call_function" or node.target is operator.getitem:
                 continue
-            key = str(node.target)
+            key = str(node_op(node))
             if key not in uses:
-                status = LOWERS if _lowers(node.target) else FALLS_BACK
+                status = LOWERS if _lowers(node_op(node)) else FALLS_BACK
                 uses[key] = OpUse(key, status, 0, [], _example(node))
             use = uses[key]
             use.count += 1

@@ -49,6 +49,18 @@ _META_ONLY = {
     "pca_lowrank",
 }
 
+# Sorting ops whose index outputs PyTorch leaves unspecified among equal values
+# (its CPU kernels use quickselect or an unstable sort; torchtpu sorts stably),
+# with the position of ``dim`` among the sample's args. Their values are compared
+# as usual; their indices by the elements they select, which must match eager's,
+# and, for permutations, by being distinct.
+_TIED_INDEX_DIM_ARG = {"sort": 0, "argsort": 0, "topk": 1, "kthvalue": 1}
+
+# Ops returning eigenvectors, each defined only up to a unit factor (a sign for
+# real, a phase for complex input; LAPACK and XLA choose differently): both sides'
+# vectors are scaled so their largest entry is real and positive before comparing.
+_EIGENVECTOR_OPS = {"linalg.eigh"}
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -243,14 +255,57 @@ def check_forward(op: Any, sample: Any, dtype: torch.dtype) -> Result:
             short = _graph_breaks() or short
             if short is not None:
                 return short
+            override = tolerance_override(op_id(op), dtype_name(dtype), False)
             if random:
                 compare_meta(actual, expected)
+            elif op_id(op) in _EIGENVECTOR_OPS:
+                (w, v), (want_w, want_v) = actual, expected
+                compare(w, want_w, dtype, override, what="eigenvalues")
+                compare(_unit_phase(v), _unit_phase(want_v), dtype, override, what="eigenvectors")
+            elif op_id(op) in _TIED_INDEX_DIM_ARG:
+                _compare_tied(op, sample, actual, expected, dtype, override)
             else:
-                override = tolerance_override(op_id(op), dtype_name(dtype), False)
                 compare(actual, expected, dtype, override)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a verdict
         return _describe(exc)
     return PASS
+
+
+def _unit_phase(v: torch.Tensor) -> torch.Tensor:
+    """Eigenvector columns scaled so each one's largest-magnitude entry is real positive."""
+    v = v.detach().cpu()
+    if v.numel() == 0:
+        return v
+    top = v.abs().argmax(dim=-2, keepdim=True)
+    pivot = v.gather(-2, top)
+    return v * (pivot.abs() / pivot).conj()
+
+
+def _compare_tied(op: Any, sample: Any, actual: Any, expected: Any, dtype, override) -> None:
+    """Values as usual; indices by the input elements they pick (see _TIED_INDEX_DIM_ARG)."""
+    name = op_id(op)
+    if name == "argsort":
+        actual, expected = (None, actual), (None, expected)
+    (values, indices), (want_values, want_indices) = actual, expected
+    if values is not None:
+        compare(values, want_values, dtype, override, what="values")
+    x = sample.input
+    if x.dim() == 0:
+        compare(indices, want_indices, dtype, EXACT, what="indices")
+        return
+    position = _TIED_INDEX_DIM_ARG[name]
+    dim = sample.kwargs.get("dim", sample.args[position] if len(sample.args) > position else -1)
+    dim %= x.dim()
+
+    def picked(i: torch.Tensor) -> torch.Tensor:
+        i = i.detach().cpu()
+        return x.gather(dim, i if i.dim() == x.dim() else i.unsqueeze(dim))
+
+    compare(picked(indices), picked(want_indices), dtype, EXACT, what="elements the indices pick")
+    if name != "kthvalue" and indices.numel():
+        ordered = indices.detach().cpu().sort(dim).values
+        if (ordered.diff(dim=dim) == 0).any():
+            raise AssertionError(f"indices: {name} returned the same index twice along dim {dim}")
 
 
 def _grad_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:

@@ -52,21 +52,6 @@ _DATA_DEPENDENT_VALUE = (
     "returns a Python value computed from tensor data (.item()/bool), which Dynamo "
     "cannot trace without a host sync; the op runs eagerly"
 )
-_CHECK_ERRORS = (
-    "PyTorch's kernel calls aten._linalg_check_errors, which AOTAutograd wraps in "
-    "higher_order.with_effects; the registry keys lowerings by OpOverload, so the effect "
-    "token has no lowering (needs interpreter support for with_effects)"
-)
-_LAYOUT = (
-    "torchtpu runtime bug: a tensor with a size-1 dimension and non-canonical strides "
-    "(e.g. randn(1, 3).t(), is_contiguous() is True) is imported through DLPack with a "
-    "non-default layout and the XLA executable rejects it ('compiled for input layouts "
-    "that disagree'); the fix belongs in torchtpu/runtime/transfer.py"
-)
-_TIES = (
-    "ties: PyTorch's CPU kernel leaves the index of equal elements unspecified (quickselect "
-    "or unstable sort), torchtpu picks them in stable order; values match"
-)
 _BESSEL = (
     "no XLA/JAX implementation of this special function; PyTorch's Cephes "
     "approximation has not been ported"
@@ -121,18 +106,6 @@ TABLE: list[Entry] = [
         "as nn.functional.linear_cross_entropy.chunked",
     ),
     # --- linalg ------------------------------------------------------------------------------
-    xfail("linalg.cholesky", _CHECK_ERRORS),
-    xfail("linalg.inv", _CHECK_ERRORS),
-    xfail("linalg.tensorinv", _CHECK_ERRORS),
-    xfail("linalg.solve", _CHECK_ERRORS),
-    xfail("linalg.tensorsolve", _CHECK_ERRORS),
-    xfail("linalg.lu_factor", _CHECK_ERRORS),
-    xfail("linalg.eig", _CHECK_ERRORS + " (its backward calls linalg.solve)", grad=True),
-    xfail("linalg.eigvals", _CHECK_ERRORS + " (its backward calls linalg.solve)", grad=True),
-    xfail("linalg.pinv.singular", _LAYOUT),
-    xfail("triangular_solve", _LAYOUT, grad=True),
-    xfail("linalg.solve_ex", _LAYOUT, grad=True),
-    xfail("linalg.solve_triangular", _LAYOUT, grad=True),
     xfail(
         "matrix_exp",
         "eager PyTorch returns NaN for these bfloat16 inputs (its scaling and squaring "
@@ -151,12 +124,6 @@ TABLE: list[Entry] = [
     xfail("linalg.ldl_factor", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
     xfail("linalg.ldl_factor_ex", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
     xfail("linalg.ldl_solve", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
-    xfail(
-        "linalg.eigh",
-        "eigenvector signs are implementation-defined: XLA's eigh and PyTorch's LAPACK "
-        "syevd pick different signs (eigenvalues match)",
-        grad=False,
-    ),
     # --- special functions ----------------------------------------------------------------
     *(
         xfail(f"special.{name}", _BESSEL)
@@ -191,20 +158,6 @@ TABLE: list[Entry] = [
             "special.polygamma.special_polygamma_n_0",
         )
     ),
-    # --- sorting -------------------------------------------------------------------------------
-    *(
-        xfail(
-            op,
-            "ties (bfloat16 rounding makes many): PyTorch's unstable CPU sort leaves the "
-            "order of equal elements unspecified, torchtpu sorts stably; values match",
-            dtypes=("bfloat16",),
-        )
-        for op in ("sort", "argsort")
-    ),
-    xfail("sort", _TIES, dtypes=("bool",)),
-    xfail("argsort", _TIES, dtypes=("bool",)),
-    xfail("topk", _TIES, dtypes=("bfloat16", "int64")),
-    xfail("kthvalue", _TIES, dtypes=("int64",)),
     # --- other ops -------------------------------------------------------------------------------
     xfail("histogramdd", "aten._histogramdd_bin_edges and _histogramdd_from_bin_cts not lowered"),
     xfail("grid_sampler_3d", "no decomposition in PyTorch and no lowering yet"),

@@ -44,18 +44,30 @@ class RngStream:
         return jax.random.fold_in(self._key, self._count)
 
 
+# AOTAutograd wraps ops with side effects (aten._linalg_check_errors) as
+# with_effects(token, op, *args) -> (new_token, *results), threading a token
+# through the graph to order them. XLA programs are already ordered, so the
+# token passes straight through and the wrapped op is lowered as itself.
+WITH_EFFECTS = torch.ops.higher_order.with_effects
+
+
+def node_op(node: torch.fx.Node) -> Any:
+    """The op a call node runs: the wrapped op for ``with_effects``."""
+    return node.args[1] if node.target is WITH_EFFECTS else node.target
+
+
 def is_lowerable(node: torch.fx.Node) -> bool:
     if node.op != "call_function":
         return True
     if node.target is operator.getitem:
         return True
-    return lookup(node.target) is not None
+    return lookup(node_op(node)) is not None
 
 
 def needs_rng(nodes: Iterable[torch.fx.Node]) -> bool:
     for node in nodes:
         if node.op == "call_function" and node.target is not operator.getitem:
-            lowering = lookup(node.target)
+            lowering = lookup(node_op(node))
             if lowering is not None and lowering.rng:
                 return True
     return False
@@ -106,19 +118,27 @@ def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) ->
     kwargs = map_args(node.kwargs, env)
     if node.target is operator.getitem:
         return operator.getitem(*args)
-    lowering = lookup(node.target)
+    target, effects = node.target, node.target is WITH_EFFECTS
+    if effects:
+        token, target, *args = args  # AOTAutograd passes the token as None
+    lowering = lookup(target)
     if lowering is None:
-        raise NoLowering(node, unsupported_message(node.target, args, kwargs, "no lowering"))
+        raise NoLowering(node, unsupported_message(target, args, kwargs, "no lowering"))
     try:
-        out = apply(lowering, args, kwargs, rng)
+        out = apply(lowering, tuple(args), kwargs, rng)
     except LoweringUnsupported as exc:
-        raise NoLowering(node, unsupported_message(node.target, args, kwargs, str(exc))) from exc
+        raise NoLowering(node, unsupported_message(target, args, kwargs, str(exc))) from exc
     except Exception as exc:
         # PyTorch already checked the arguments while tracing, so a failure here
         # is a gap in our lowering: name it, and let the op fall back.
         reason = f"its lowering failed with {type(exc).__name__}: {exc}"
-        raise NoLowering(node, unsupported_message(node.target, args, kwargs, reason)) from exc
-    return _match_meta(out, node.meta.get("val"))
+        raise NoLowering(node, unsupported_message(target, args, kwargs, reason)) from exc
+    if not effects:
+        return _match_meta(out, node.meta.get("val"))
+    meta = node.meta.get("val")
+    results = (out,) if out is None or not isinstance(out, tuple) else out
+    results = tuple(r for r in results if r is not None)
+    return (token, *_match_meta(results, meta[1:] if isinstance(meta, tuple) else ()))
 
 
 def apply(lowering: Lowering, args: tuple, kwargs: dict, rng: RngStream) -> Any:

@@ -85,6 +85,14 @@ def outer(a, b):
     return jnp.outer(a, b)
 
 
+@register(aten._linalg_check_errors.default)
+def check_errors(info, api_name, *, is_matrix):
+    # PyTorch raises here when ``info`` flags a singular or non-positive-definite
+    # input. A compiled program cannot raise mid-step without a host sync every
+    # call, so, like other XLA backends, the result carries the NaN/inf instead.
+    return None
+
+
 @register(aten.linalg_cholesky_ex.default)
 def cholesky_ex(a, *, upper=False, check_errors=False):
     low = jnp.linalg.cholesky(a)
