@@ -52,10 +52,6 @@ _DATA_DEPENDENT_VALUE = (
     "returns a Python value computed from tensor data (.item()/bool), which Dynamo "
     "cannot trace without a host sync; the op runs eagerly"
 )
-_BESSEL = (
-    "no XLA/JAX implementation of this special function; PyTorch's Cephes "
-    "approximation has not been ported"
-)
 
 TABLE: list[Entry] = [
     # --- cannot reach XLA: data-dependent shapes or host values -------------------------
@@ -125,20 +121,6 @@ TABLE: list[Entry] = [
     xfail("linalg.ldl_factor_ex", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
     xfail("linalg.ldl_solve", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
     # --- special functions ----------------------------------------------------------------
-    *(
-        xfail(f"special.{name}", _BESSEL)
-        for name in (
-            "airy_ai",
-            "bessel_j0",
-            "bessel_j1",
-            "bessel_y0",
-            "bessel_y1",
-            "modified_bessel_k0",
-            "modified_bessel_k1",
-            "scaled_modified_bessel_k0",
-            "scaled_modified_bessel_k1",
-        )
-    ),
     *(
         tolerance(
             op,
