@@ -62,9 +62,18 @@ TABLE: list[Entry] = [
     xfail("unique_consecutive", _DATA_DEPENDENT_SHAPE),
     xfail("combinations", _DATA_DEPENDENT_SHAPE + " (it is built on masked_select)"),
     xfail("tensor_split", "split points given as a tensor are read on the host (.tolist())"),
-    xfail("linalg.lstsq", "the driver check reads tensor data on the host; Dynamo runs it eagerly"),
+    xfail(
+        "linalg.lstsq",
+        "aten.linalg_lstsq is tagged dynamic_output_shape (the residuals' size depends on the "
+        "rank): a Dynamo graph break",
+    ),
     xfail("linalg.lstsq.grad_oriented", "as linalg.lstsq"),
-    xfail("narrow", "a start given as a tensor is read on the host (.item())"),
+    xfail(
+        "narrow",
+        "a tensor start: aten.narrow.Tensor's CompositeImplicitAutograd kernel calls "
+        "start.item() while AOTAutograd traces; the result is a view, which no op with a "
+        "tensor offset can produce",
+    ),
     xfail("bincount", _DATA_DEPENDENT_SHAPE + " (length max(input) + 1)"),
     xfail("nn.functional.one_hot", _DATA_DEPENDENT_SHAPE + " (num_classes=-1: max(input) + 1)"),
     xfail(
@@ -72,7 +81,6 @@ TABLE: list[Entry] = [
         "the gradient of a boolean-mask index_put uses nonzero: " + _DATA_DEPENDENT_SHAPE,
         grad=True,
     ),
-    xfail("take", "for a 0-d input the decomposition checks the index bound on the host"),
     xfail("index_fill", "not investigated: one gradient sample never reaches XLA", grad=True),
     xfail(
         "native_dropout_backward",
@@ -82,9 +90,16 @@ TABLE: list[Entry] = [
     xfail("item", _DATA_DEPENDENT_VALUE),
     xfail("allclose", _DATA_DEPENDENT_VALUE),
     xfail("equal", _DATA_DEPENDENT_VALUE),
-    xfail("cov", "validates weights with a data-dependent check (torch._check on values)"),
-    xfail("corrcoef", "built on cov, which validates weights on the host"),
-    xfail("nn.functional.gaussian_nll_loss", "raises on negative variance: a host check"),
+    xfail(
+        "cov",
+        "cov's ATen kernel checks weights and degrees of freedom on values during Dynamo's "
+        "fake propagation: a graph break even without weights",
+    ),
+    xfail("corrcoef", "built on cov (see cov)"),
+    xfail(
+        "nn.functional.gaussian_nll_loss",
+        "F.gaussian_nll_loss branches in Python on torch.any(var < 0): a Dynamo graph break",
+    ),
     xfail("nn.functional.ctc_loss", "target lengths are read on the host; no static shape"),
     # --- outside the functional ATen world ------------------------------------------------
     xfail("resize_", "in-place storage resize; Dynamo does not trace it into a graph"),
@@ -95,7 +110,9 @@ TABLE: list[Entry] = [
     xfail("chalf", "complex32 has no JAX dtype"),
     xfail(
         "nn.functional.linear_cross_entropy.chunked",
-        "torch_nn._linear_cross_entropy_batch_chunked is an opaque custom op with no decomposition",
+        "samples that F.linear_cross_entropy routes off the chunked op (K-dim weights, "
+        "probability targets) call warnings.warn: a Dynamo graph break (the chunked op itself "
+        "is lowered)",
     ),
     xfail(
         "nn.functional.linear_cross_entropy.chunked_none",
@@ -141,7 +158,6 @@ TABLE: list[Entry] = [
         )
     ),
     # --- other ops -------------------------------------------------------------------------------
-    xfail("histogramdd", "aten._histogramdd_bin_edges and _histogramdd_from_bin_cts not lowered"),
     xfail("grid_sampler_3d", "no decomposition in PyTorch and no lowering yet"),
     xfail("grid_sampler_2d", "grid_sampler_2d_backward has no lowering yet", grad=True),
     xfail("nn.functional.grid_sample", "grid_sampler_2d_backward has no lowering yet", grad=True),

@@ -81,10 +81,20 @@ def registered_ops() -> list[Any]:
 
 
 _loaded = False
+_loading = False
 
 
 def _load_ops() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
+    # Marked loaded only once the import succeeded: a module that fails to import
+    # raises here, and again on the next lookup, rather than leaving the registry
+    # silently half-filled for the rest of the process.
+    global _loaded, _loading
+    if _loaded or _loading:
+        return
+    _loading = True
+    try:
         import torchtpu.lower.ops  # noqa: F401  (fills the registry)
+
+        _loaded = True
+    finally:
+        _loading = False

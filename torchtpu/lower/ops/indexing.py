@@ -34,6 +34,18 @@ def gather(x, dim, index, *, sparse_grad=False):
     return x[idx]
 
 
+@register(aten.take.default)
+def take(x, index):
+    # Lowered rather than decomposed: the decomposition indexes with a 0-d index as with a
+    # Python int, which reads it on the host. PyTorch raises for an index outside
+    # [-numel, numel); a compiled program cannot raise, so such an index reads what the
+    # gathers above read: one past the end reads the last element, and one below -numel
+    # is wrapped once more, as JAX indexing does, then clamped (-numel - 1 reads the last
+    # element, -2 * numel - 1 the first).
+    flat = x.reshape(-1)
+    return flat[_wrap(index, flat.shape[0])]
+
+
 @register(aten.index_select.default)
 def index_select(x, dim, index):
     axis = canon_dim(dim, x.ndim)

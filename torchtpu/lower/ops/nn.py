@@ -1,4 +1,4 @@
-"""Normalisation, softmax, dropout and attention."""
+"""Normalisation, softmax, dropout, attention and the chunked linear_cross_entropy ops."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import torch
+import torch.nn.modules.linear_cross_entropy  # noqa: F401  (defines the torch_nn ops)
 
 from torchtpu.errors import LoweringUnsupported
-from torchtpu.lower.ops._util import accum_dtype, aten, canon_dim
+from torchtpu.lower.ops._util import accum_dtype, aten, canon_dim, jdtype
 from torchtpu.lower.registry import register
+
+_lce = torch.ops.torch_nn
 
 
 def _softmax_input(x, half_to_float):
@@ -275,3 +279,73 @@ def trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim=1):
 def pdist_backward(grad, x, p, dist):
     _, vjp = jax.vjp(lambda a: pdist(a, p), x)
     return vjp(grad)[0]
+
+
+# --- linear_cross_entropy's chunked custom ops ------------------------------------------
+# F.linear_cross_entropy(..., options=...) calls these opaque torch_nn ops, which loop over
+# batch chunks in Python to bound memory. XLA sees the whole computation, so one fused
+# expression serves; the chunk size only changes the order of the sums.
+
+
+def _linear_ce_terms(x, linear_weight, target, bias, weight, ignore_index, acc):
+    """Per-row class weight (0 where ignored) and per-row -log_softmax at the target."""
+    logits = x.astype(acc) @ linear_weight.astype(acc).T
+    if bias is not None:
+        logits = logits + bias.astype(acc)
+    ignored = target == ignore_index
+    picked = jnp.where(ignored, 0, target)  # PyTorch also zeroes ignored rows' targets
+    w = jnp.ones(target.shape, acc) if weight is None else weight.astype(acc)[picked]
+    w = jnp.where(ignored, 0, w)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), picked[:, None], axis=1)[:, 0]
+    return w, nll
+
+
+@register(_lce._linear_cross_entropy_batch_chunked.default)
+def linear_cross_entropy_chunked(
+    x,
+    linear_weight,
+    target,
+    bias,
+    weight,
+    reduction,
+    ignore_index,
+    label_smoothing,
+    batch_chunk_size,
+    acc_policy,
+    acc_dtype,
+    allow_retain_graph,
+    compute_input_grad,
+    compute_linear_weight_grad,
+    compute_linear_bias_grad,
+):
+    # The op returns the loss and its gradients (for an upstream gradient of 1); its
+    # autograd formula only scales them, so the backward needs no lowering of its own.
+    # Gradients not asked for are empty tensors of the same rank, as in PyTorch.
+    if label_smoothing:
+        raise LoweringUnsupported("label_smoothing is not lowered for the chunked op")
+    acc = jdtype(acc_dtype)
+
+    def loss(x, linear_weight, bias):
+        w, nll = _linear_ce_terms(x, linear_weight, target, bias, weight, ignore_index, acc)
+        total = jnp.sum(w * nll)
+        return total / jnp.sum(w) if reduction == "mean" else total
+
+    value, vjp = jax.vjp(loss, x, linear_weight, bias)
+    grads = vjp(jnp.ones((), acc))
+    wanted = (compute_input_grad, compute_linear_weight_grad, compute_linear_bias_grad)
+    empty = ((0, 0), (0, 0), (0,))
+    grads = [
+        g.astype(x.dtype) if want else jnp.zeros(shape, x.dtype)
+        for g, want, shape in zip(grads, wanted, empty, strict=True)
+    ]
+    return (value.astype(x.dtype), *grads)
+
+
+@register(_lce._linear_cross_entropy_batch_chunked_no_reduction.default)
+def linear_cross_entropy_chunked_none(
+    x, linear_weight, target, bias, weight, ignore_index, batch_chunk_size, acc_policy, acc_dtype
+):
+    w, nll = _linear_ce_terms(
+        x, linear_weight, target, bias, weight, ignore_index, jdtype(acc_dtype)
+    )
+    return (w * nll).astype(x.dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -357,6 +359,83 @@ def histogram(x, bins=100, *, range=None, weight=None, density=False):
     if density:
         hist = hist / (jnp.sum(hist) * (edges[1:] - edges[:-1]))
     return hist, edges
+
+
+# PyTorch's histogramdd kernels bin each coordinate with libstdc++'s std::upper_bound over
+# the edges. On sorted edges any binary search agrees with it; replaying its steps exactly
+# also gives PyTorch's answer for edges the user did not sort.
+def _upper_bound(edges, values):
+    first = jnp.zeros(values.shape, jnp.int64)
+    length = jnp.full(values.shape, edges.shape[0], jnp.int64)
+    for _ in range(edges.shape[0].bit_length()):
+        half = length >> 1
+        middle = first + half
+        below = values < edges[jnp.clip(middle, 0, edges.shape[0] - 1)]
+        active = length > 0
+        first = jnp.where(active & ~below, middle + 1, first)
+        length = jnp.where(active, jnp.where(below, half, length - half - 1), length)
+    return first
+
+
+def _torch_linspace(start, end, steps, dtype):
+    """``torch.linspace``'s own formula (from both ends), so edges round as eager's do."""
+    start, end = start.astype(dtype), end.astype(dtype)
+    step = (end - start) / (steps - 1)
+    i = jnp.arange(steps, dtype=dtype)
+    return jnp.where(i < steps // 2, start + step * i, end - step * (steps - 1 - i))
+
+
+def _histogramdd_edges(x, bins, hist_range):
+    points = x.reshape(-1, len(bins))
+    if hist_range is not None:
+        pairs = [
+            (lo, hi) if lo != hi else (lo - 0.5, hi + 0.5)
+            for lo, hi in zip(hist_range[0::2], hist_range[1::2], strict=True)
+        ]
+        low, high = (jnp.asarray(v, jnp.float64) for v in zip(*pairs, strict=True))
+    elif points.shape[0] == 0:
+        low, high = jnp.zeros(len(bins)), jnp.ones(len(bins))  # numpy's default range
+    else:
+        low, high = jnp.min(points, axis=0), jnp.max(points, axis=0)
+        same = low == high
+        low, high = jnp.where(same, low - 0.5, low), jnp.where(same, high + 0.5, high)
+    return [_torch_linspace(low[d], high[d], n + 1, x.dtype) for d, n in enumerate(bins)]
+
+
+def _histogramdd(x, edges, weight, density):
+    points = x.reshape(-1, len(edges))
+    cell = jnp.zeros(points.shape[:1], jnp.int64)
+    inside = jnp.ones(points.shape[:1], jnp.bool_)
+    for d, e in enumerate(edges):
+        v, n = points[:, d], e.shape[0] - 1
+        # Bin i holds [edge i, edge i+1); the last bin also takes its right edge.
+        pos = jnp.clip(_upper_bound(e, v) - 1, 0, n - 1)
+        inside &= (v >= e[0]) & (v <= e[-1])
+        cell = cell * n + pos
+    shape = tuple(e.shape[0] - 1 for e in edges)
+    w = jnp.ones_like(points[:, 0]) if weight is None else weight.reshape(-1).astype(x.dtype)
+    hist = jnp.zeros(math.prod(shape), x.dtype).at[cell].add(jnp.where(inside, w, 0))
+    hist = hist.reshape(shape)
+    if density:
+        hist = hist / jnp.sum(hist)
+        for d, e in enumerate(edges):
+            hist = hist / jnp.diff(e).reshape([-1 if i == d else 1 for i in range(len(edges))])
+    return hist
+
+
+@register(aten._histogramdd_bin_edges.default)
+def histogramdd_bin_edges(x, bins, *, range=None, weight=None, density=False):
+    return _histogramdd_edges(x, bins, range)
+
+
+@register(aten._histogramdd_from_bin_cts.default)
+def histogramdd_from_bin_cts(x, bins, *, range=None, weight=None, density=False):
+    return _histogramdd(x, _histogramdd_edges(x, bins, range), weight, density)
+
+
+@register(aten._histogramdd_from_bin_tensors.default)
+def histogramdd_from_bin_tensors(x, bins, *, weight=None, density=False):
+    return _histogramdd(x, bins, weight, density)
 
 
 @register(aten.hash_tensor.default)
