@@ -174,7 +174,13 @@ def build_program(
 
 def _compiler_options() -> dict[str, Any]:
     if platform_name() == "cpu":
-        return {"xla_backend_optimization_level": options().cpu_opt_level}
+        return {
+            "xla_backend_optimization_level": options().cpu_opt_level,
+            # Without region analysis XLA:CPU cannot prove that a donated weight's
+            # last read (dX = dY @ W^T) precedes its in-place update, and copies
+            # every parameter at the start of a training step (GPU XLA uses it).
+            "xla_cpu_copy_insertion_use_region_analysis": True,
+        }
     return {}
 
 

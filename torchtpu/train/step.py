@@ -535,7 +535,7 @@ class CompiledStep:
                 group["params"] = [by_id[id(p)] for p in group["params"]]
                 group["lr"] = next(lr_iter)
                 group_lrs.append((group, group["lr"]))
-                for flag, value in (("capturable", True), ("foreach", False), ("fused", False)):
+                for flag, value in (("capturable", True), ("foreach", True), ("fused", False)):
                     if flag in group:
                         group[flag] = value
 

@@ -4,6 +4,7 @@ from torchtpu.lower.ops import (  # noqa: F401
     barrier,
     conv,
     fft,
+    foreach,
     indexing,
     linalg,
     nn,
