@@ -158,9 +158,18 @@ TABLE: list[Entry] = [
         )
     ),
     # --- other ops -------------------------------------------------------------------------------
-    xfail("grid_sampler_3d", "no decomposition in PyTorch and no lowering yet"),
-    xfail("grid_sampler_2d", "grid_sampler_2d_backward has no lowering yet", grad=True),
-    xfail("nn.functional.grid_sample", "grid_sampler_2d_backward has no lowering yet", grad=True),
+    *(
+        tolerance(
+            op,
+            "grid gradients reach ~200 and sum terms that cancel: eager's float32 error "
+            "against float64 is up to 1.7e-4 (2-d) and 4.6e-4 (3-d), torchtpu's the same "
+            "(1.7e-4, 4.7e-4); they differ from each other by up to 3.8e-4",
+            atol=1e-3,
+            rtol=1e-4,
+            grad=True,
+        )
+        for op in ("grid_sampler_2d", "grid_sampler_3d")
+    ),
     xfail(
         "_upsample_bilinear2d_aa",
         "align_corners=True is not lowered (the samples without it pass)",

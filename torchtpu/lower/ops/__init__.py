@@ -12,6 +12,7 @@ from torchtpu.lower.ops import (  # noqa: F401
     prims,
     random,
     reduction,
+    sampling,
     shape,
     special,
 )
