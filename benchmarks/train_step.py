@@ -25,6 +25,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -311,7 +312,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--no-write", action="store_true", help="do not update results.md")
+    p.add_argument(
+        "--warm-caches",
+        action="store_true",
+        help="keep inductor's and torchtpu's on-disk caches (default: fresh empty ones, so "
+        "first-step times are cold compiles)",
+    )
     args = p.parse_args(argv)
+    if not args.warm_caches:
+        # Both compilers cache on disk across processes; first-step figures from a
+        # warm cache would time cache reads, not compiles.
+        fresh = tempfile.mkdtemp(prefix="train_step_caches_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(fresh, "inductor")
+        torchtpu.set_options(cache_dir=os.path.join(fresh, "torchtpu"))
     models = [m for m in args.models.split(",") if m]
     systems = [s for s in args.systems.split(",") if s]
     peak = measure_peak_flops()
@@ -325,7 +338,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# Training-step benchmark\n\n{datetime.date.today().isoformat()}; {machine()}; "
         f"python {sys.version.split()[0]}, torch {torch.__version__}, jax {jax.__version__}, "
         f"torchtpu {torchtpu.__version__}; precision {args.precision}; {args.rounds} interleaved "
-        f"rounds; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s.\n\n"
+        f"rounds; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
+        f"{'warm' if args.warm_caches else 'empty'} on-disk compile caches at the start.\n\n"
         f"Command: `.venv/bin/python benchmarks/train_step.py "
         f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n"
     )
