@@ -191,10 +191,15 @@ def _timed(step) -> float:
     # Let the other runtime's worker threads (OpenMP, XLA's pool) go idle first:
     # threads still spinning from the previous system's step would steal cores.
     time.sleep(0.1)
-    start = time.perf_counter()
-    loss = step()
-    float(loss.detach().float().cpu().item())  # wait for the result
-    return time.perf_counter() - start
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        loss = step()
+        float(loss.detach().float().cpu().item())  # wait for the result
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
+        gc.collect(0)
 
 
 # --- measurement -------------------------------------------------------------------------
@@ -231,12 +236,19 @@ def bench_model(name: str, systems: list[str], rounds: int, precision: str) -> d
         except Exception as exc:  # a system that cannot run this model is reported, not hidden
             errors[sys_name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
         gc.collect()
+    # Every system's graphs and models are alive at once here, as they never are in
+    # a real run: a garbage collection that one system's step triggers would scan
+    # all of them. Freeze what exists, and time steps with the collector paused
+    # (as timeit does); it runs between steps.
+    gc.collect()
+    gc.freeze()
     times: dict[str, list[float]] = {s: [] for s in steps}
     order = list(steps)
     for r in range(rounds):
         shift = r % len(order) if order else 0
         for sys_name in order[shift:] + order[:shift]:
             times[sys_name].append(_timed(steps[sys_name]))
+    gc.unfreeze()
     flops, memory = None, None
     if "compile_step" in steps:
         handle = steps["compile_step"]

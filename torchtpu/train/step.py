@@ -50,6 +50,8 @@ from torchtpu.train import precision as mixed
 from torchtpu.train import remat
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-true")
+# Trace torch.optim on its foreach path: _foreach_* ops lower whole (lower/ops/foreach.py).
+_FOREACH = True
 
 
 def compile_step(
@@ -535,7 +537,7 @@ class CompiledStep:
                 group["params"] = [by_id[id(p)] for p in group["params"]]
                 group["lr"] = next(lr_iter)
                 group_lrs.append((group, group["lr"]))
-                for flag, value in (("capturable", True), ("foreach", True), ("fused", False)):
+                for flag, value in (("capturable", True), ("foreach", _FOREACH), ("fused", False)):
                     if flag in group:
                         group[flag] = value
 
