@@ -239,8 +239,7 @@ def bench_model(name: str, systems: list[str], rounds: int, precision: str) -> d
     # Every system's graphs and models are alive at once here, as they never are in
     # a real run: a garbage collection that one system's step triggers would scan
     # all of them. Freeze what exists, and time steps with the collector paused
-    # (as timeit does); it runs between steps.
-    gc.collect()
+    # (as timeit does); it runs between steps. The loop above has just collected.
     gc.freeze()
     times: dict[str, list[float]] = {s: [] for s in steps}
     order = list(steps)

@@ -162,9 +162,10 @@ def _op_uses(graphs: list[tuple[str, torch.fx.GraphModule]]) -> list[OpUse]:
         for node in gm.graph.nodes:
             if node.op != "call_function" or node.target is operator.getitem:
                 continue
-            key = str(node_op(node))
+            op = node_op(node)
+            key = str(op)
             if key not in uses:
-                status = LOWERS if _lowers(node_op(node)) else FALLS_BACK
+                status = LOWERS if _lowers(op) else FALLS_BACK
                 uses[key] = OpUse(key, status, 0, [], _example(node))
             use = uses[key]
             use.count += 1

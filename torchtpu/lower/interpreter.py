@@ -133,12 +133,11 @@ def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) ->
         # is a gap in our lowering: name it, and let the op fall back.
         reason = f"its lowering failed with {type(exc).__name__}: {exc}"
         raise NoLowering(node, unsupported_message(target, args, kwargs, reason)) from exc
-    if not effects:
-        return _match_meta(out, node.meta.get("val"))
     meta = node.meta.get("val")
-    results = (out,) if out is None or not isinstance(out, tuple) else out
-    results = tuple(r for r in results if r is not None)
-    return (token, *_match_meta(results, meta[1:] if isinstance(meta, tuple) else ()))
+    if not effects:
+        return _match_meta(out, meta)
+    results = out if isinstance(out, tuple) else () if out is None else (out,)
+    return (token, *_match_meta(results, meta[1:] if isinstance(meta, tuple) else None))
 
 
 def apply(lowering: Lowering, args: tuple, kwargs: dict, rng: RngStream) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchtpu.lower.interpreter import apply
+from torchtpu.lower.interpreter import RngStream, apply
 from torchtpu.lower.ops._util import aten
 from torchtpu.lower.registry import lookup, register
 
@@ -73,11 +73,6 @@ _TABLE: dict[str, dict[str, Any]] = {
 }
 
 
-class _NoRng:
-    def next(self) -> Any:
-        raise AssertionError("a foreach op asked for an RNG key")
-
-
 # addcmul/addcdiv take their scale positionally in the foreach schema and as the
 # keyword ``value`` in the per-tensor one.
 _VALUE_KEYWORD = {aten.addcmul.default, aten.addcdiv.default}
@@ -98,7 +93,7 @@ def _per_tensor(per_op: Any):
                 lowering,
                 tuple(pick(a, i) for a in args),
                 {k: pick(v, i) for k, v in kwargs.items()},
-                _NoRng(),
+                RngStream(None),  # no per-tensor op in the table is random
             )
             for i in range(n)
         ]
