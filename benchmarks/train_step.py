@@ -3,11 +3,14 @@
     .venv/bin/python benchmarks/train_step.py                       # all models, all systems
     .venv/bin/python benchmarks/train_step.py --models gpt2-small --rounds 10
 
-For each model every system trains its own copy from the same initial weights.
-The first step of each system is timed on its own (it includes compilation);
-after a warm-up step, the systems take turns, one step each per round, in a
-rotating order, so that noise on this shared machine hits them alike. The
-table gives medians and ratios to eager and to inductor, and is also written
+For each model every system trains its own copy from the same initial weights,
+in a worker process of its own (as it would run for real: no shared heap,
+thread pools or garbage collector between systems). The first step of each
+system is timed on its own (it includes compilation); after three warm-up
+steps (so that caches and the heap reach their steady state), the systems take
+turns, one step each per round, in a rotating order, so that noise on this
+shared machine hits them alike. The table gives medians and ratios to eager
+and to inductor, and is also written
 to benchmarks/results.md with the date, machine and versions.
 
 FLOPs per step come from XLA's cost analysis of the compile_step program (the
@@ -18,9 +21,9 @@ large float32 matmul, so MFU is achieved FLOP/s over that peak.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import gc
+import multiprocessing
 import os
 import platform
 import statistics
@@ -38,6 +41,7 @@ import torchtpu
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).with_name("results.md")
+WARMUP = 3
 
 
 # --- models ----------------------------------------------------------------------------
@@ -98,12 +102,13 @@ def image_batch(classes: int, batch: int, size: int):
     return {"pixel_values": images, "labels": labels}, batch, "images"
 
 
-MODELS: dict[str, Callable] = {
-    "gpt2-small": lambda: (gpt2(6, 512), lambda v: lm_batch(v, 4, 128)),
-    "gpt2-medium": lambda: (gpt2(12, 768), lambda v: lm_batch(v, 4, 128)),
-    "llama-small": lambda: (llama(6, 512), lambda v: lm_batch(v, 4, 128)),
-    "llama-medium": lambda: (llama(12, 768), lambda v: lm_batch(v, 4, 128)),
-    "resnet": lambda: (resnet(), lambda c: image_batch(c, 16, 64)),
+# name: (model factory, batch factory taking the vocabulary or class count)
+MODELS: dict[str, tuple[Callable, Callable]] = {
+    "gpt2-small": (lambda: gpt2(6, 512), lambda v: lm_batch(v, 4, 128)),
+    "gpt2-medium": (lambda: gpt2(12, 768), lambda v: lm_batch(v, 4, 128)),
+    "llama-small": (lambda: llama(6, 512), lambda v: lm_batch(v, 4, 128)),
+    "llama-medium": (lambda: llama(12, 768), lambda v: lm_batch(v, 4, 128)),
+    "resnet": (lambda: resnet(), lambda c: image_batch(c, 16, 64)),
 }
 
 
@@ -188,8 +193,8 @@ def _run(ctx, fn):
 
 
 def _timed(step) -> float:
-    # Let the other runtime's worker threads (OpenMP, XLA's pool) go idle first:
-    # threads still spinning from the previous system's step would steal cores.
+    # Let the previous system's worker threads (OpenMP, XLA's pool) go idle first:
+    # threads still spinning from its step would steal cores.
     time.sleep(0.1)
     gc.disable()
     try:
@@ -218,46 +223,77 @@ def measure_peak_flops(seconds: float = 2.0) -> float:
     return best
 
 
-def bench_model(name: str, systems: list[str], rounds: int, precision: str) -> dict:
-    (factory, batch_fn) = MODELS[name]()
-    torch.manual_seed(0)
-    base, size = factory
-    base.train()
-    batch, units, unit_name = batch_fn(size)
-    steps, first, errors = {}, {}, {}
-    for sys_name in systems:
-        torch._dynamo.reset()
+def _worker(conn, name: str, sys_name: str, precision: str) -> None:
+    """One system in a process of its own: build, take the first and warm-up steps,
+    then time one step per request from the parent.
+
+    Separate processes keep the systems from sharing a heap, thread pools, the
+    garbage collector's work and Dynamo's state, as they never do in real use.
+    """
+    warnings.filterwarnings("ignore")
+    try:
+        factory, batch_fn = MODELS[name]
+        torch.manual_seed(0)  # every system starts from the same weights
+        model, size = factory()
+        model.train()
+        batch, units, unit_name = batch_fn(size)
+        params = sum(p.numel() for p in model.parameters())
         torch.manual_seed(0)
-        try:
-            step = SYSTEMS[sys_name](copy.deepcopy(base), batch, precision)
-            first[sys_name] = _timed(step)
-            _timed(step)  # warm-up
-            steps[sys_name] = step
-        except Exception as exc:  # a system that cannot run this model is reported, not hidden
-            errors[sys_name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-        gc.collect()
-    # Every system's graphs and models are alive at once here, as they never are in
-    # a real run: a garbage collection that one system's step triggers would scan
-    # all of them. Freeze what exists, and time steps with the collector paused
-    # (as timeit does); it runs between steps. The loop above has just collected.
-    gc.freeze()
-    times: dict[str, list[float]] = {s: [] for s in steps}
-    order = list(steps)
-    for r in range(rounds):
-        shift = r % len(order) if order else 0
-        for sys_name in order[shift:] + order[:shift]:
-            times[sys_name].append(_timed(steps[sys_name]))
-    gc.unfreeze()
-    flops, memory = None, None
-    if "compile_step" in steps:
-        handle = steps["compile_step"]
-        flops = handle.cost_analysis().get("flops")
-        mem = handle.memory_analysis()
-        memory = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-        memory -= mem.alias_size_in_bytes
+        step = SYSTEMS[sys_name](model, batch, precision)
+        first = _timed(step)
+        for _ in range(WARMUP):
+            _timed(step)
+    except Exception as exc:  # a system that cannot run this model is reported, not hidden
+        conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"))
+        return
+    conn.send(("ready", first, params, units, unit_name))
+    while (request := conn.recv()) != "quit":
+        if request == "step":
+            conn.send(_timed(step))
+        elif request == "analysis":
+            mem = step.memory_analysis()
+            memory = mem.argument_size_in_bytes + mem.output_size_in_bytes
+            memory += mem.temp_size_in_bytes - mem.alias_size_in_bytes
+            conn.send((step.cost_analysis().get("flops"), memory))
+
+
+def bench_model(name: str, systems: list[str], rounds: int, precision: str) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    workers, first, errors = {}, {}, {}
+    params = units = unit_name = None
+    try:
+        # Started one at a time, so that each first step (the compile) has the
+        # machine to itself; a started worker waits on its pipe, idle.
+        for sys_name in systems:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, name, sys_name, precision))
+            proc.start()
+            reply = parent.recv()
+            if reply[0] == "error":
+                errors[sys_name] = reply[1]
+                proc.join()
+                continue
+            _, first[sys_name], params, units, unit_name = reply
+            workers[sys_name] = (proc, parent)
+        times: dict[str, list[float]] = {s: [] for s in workers}
+        order = list(workers)
+        for r in range(rounds):
+            shift = r % len(order) if order else 0
+            for sys_name in order[shift:] + order[:shift]:
+                conn = workers[sys_name][1]
+                conn.send("step")
+                times[sys_name].append(conn.recv())
+        flops = memory = None
+        if "compile_step" in workers:
+            workers["compile_step"][1].send("analysis")
+            flops, memory = workers["compile_step"][1].recv()
+    finally:
+        for proc, conn in workers.values():
+            conn.send("quit")
+            proc.join()
     return {
         "model": name,
-        "params": sum(p.numel() for p in base.parameters()),
+        "params": params,
         "units": units,
         "unit_name": unit_name,
         "first": first,
@@ -334,8 +370,9 @@ def main(argv: list[str] | None = None) -> None:
         # Both compilers cache on disk across processes; first-step figures from a
         # warm cache would time cache reads, not compiles.
         fresh = tempfile.mkdtemp(prefix="train_step_caches_")
+        # The worker processes inherit these.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(fresh, "inductor")
-        torchtpu.set_options(cache_dir=os.path.join(fresh, "torchtpu"))
+        os.environ["TORCHTPU_CACHE_DIR"] = os.path.join(fresh, "torchtpu")
     models = [m for m in args.models.split(",") if m]
     systems = [s for s in args.systems.split(",") if s]
     peak = measure_peak_flops()

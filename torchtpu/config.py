@@ -41,6 +41,13 @@ class Options:
         is raised at the Python line that caused it. Env: ``TORCHTPU_BLOCKING``.
     max_graph_ops: device mode runs the recorded graph once it holds this many
         ops. Env: ``TORCHTPU_MAX_GRAPH_OPS`` (default 20000).
+    cpu_keep_host_memory: on the CPU platform, where XLA's buffers are the
+        process's own heap, keep freed memory for reuse instead of handing it
+        back to the kernel, and run XLA:CPU programs on the calling thread. A
+        training step's temporaries (hundreds of MB) then reuse the same pages
+        each step instead of page-faulting fresh ones in. Read when torchtpu
+        first picks its device. Env: ``TORCHTPU_CPU_KEEP_HOST_MEMORY=0`` turns
+        it off (default on).
     """
 
     platform: str | None = dataclasses.field(
@@ -56,6 +63,12 @@ class Options:
     blocking: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_BLOCKING"))
     max_graph_ops: int = dataclasses.field(
         default_factory=lambda: int(os.environ.get("TORCHTPU_MAX_GRAPH_OPS") or 20000)
+    )
+    cpu_keep_host_memory: bool = dataclasses.field(
+        default_factory=lambda: (
+            os.environ.get("TORCHTPU_CPU_KEEP_HOST_MEMORY", "1").strip()
+            not in {"0", "false", "no", "off"}
+        )
     )
 
 
