@@ -20,6 +20,7 @@ def _fresh() -> dict[str, Any]:
         "graphs": 0,
         "recompiles": 0,
         "executions": 0,
+        "size_reads": 0,
         "host_to_device": 0,
         "host_to_device_bytes": 0,
         "resident_hits": 0,
@@ -58,7 +59,8 @@ def metrics() -> dict[str, Any]:
     from the in-memory cache), ``compile_seconds``, ``trace_seconds``,
     ``fallbacks`` (op -> eager runs), ``graph_breaks`` (Dynamo), ``graphs``
     (FX graphs received), ``recompiles`` (new shapes for a graph already
-    compiled), ``executions``, ``host_to_device`` / ``host_to_device_bytes``
+    compiled), ``executions``, ``size_reads`` (sizes or ``.item()`` values of
+    data-dependent ops read back to the host), ``host_to_device`` / ``host_to_device_bytes``
     (tensors uploaded), ``resident_hits`` (inputs already on the device) and
     ``device_to_host``; ``persistent_cache_hits`` / ``persistent_cache_misses``
     (programs found in, or added to, the on-disk compilation cache).

@@ -4,6 +4,11 @@ Shared by ``test_opinfo.py`` (pytest) and ``scripts/conformance.py`` (the full
 sweep and its report). Every sample runs in strict mode, so an op that would
 fall back to eager PyTorch is an error, and a sample whose graph never reached
 XLA (Dynamo ran it eagerly) or broke the graph does not count as a pass.
+
+Dynamo runs with ``capture_dynamic_output_shape_ops`` and ``capture_scalar_outputs``
+on, PyTorch's switches for capturing ops whose output size depends on data
+(``nonzero``, ``x[mask]``, ``unique``) and ``.item()`` into the graph instead of
+breaking it; torchtpu runs those ops in XLA (see ``torchtpu.lower.sized``).
 """
 
 from __future__ import annotations
@@ -378,8 +383,14 @@ def run_op(
     if not batch:
         return [Result("skip", "no-samples", "OpInfo gives no sample at this dtype")]
     check = (lambda s: check_grad(op, s)) if grad else (lambda s: check_forward(op, s, dtype))
-    with _unseeded():
+    with _unseeded(), _capture_data_dependent():
         return [check(s) for s in batch]
+
+
+def _capture_data_dependent() -> Any:
+    return torch._dynamo.config.patch(
+        capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True
+    )
 
 
 def expected_reason(op: Any, dtype: torch.dtype, grad: bool) -> str | None:

@@ -44,70 +44,78 @@ def tolerance(
     return Entry(op, reason, dtypes, grad, Tolerance(atol=atol, rtol=rtol))
 
 
-_DATA_DEPENDENT_SHAPE = (
-    "output shape depends on the input's values; XLA needs static shapes, so Dynamo "
-    "breaks the graph and runs the op eagerly"
-)
 _DATA_DEPENDENT_VALUE = (
-    "returns a Python value computed from tensor data (.item()/bool), which Dynamo "
-    "cannot trace without a host sync; the op runs eagerly"
+    "returns a Python bool computed from tensor data; Dynamo does not capture ops with a "
+    "data-dependent non-tensor output (a graph break, even with capture_scalar_outputs)"
 )
 
 TABLE: list[Entry] = [
-    # --- cannot reach XLA: data-dependent shapes or host values -------------------------
-    xfail("nonzero", _DATA_DEPENDENT_SHAPE),
-    xfail("argwhere", _DATA_DEPENDENT_SHAPE),
-    xfail("masked_select", _DATA_DEPENDENT_SHAPE),
-    xfail("unique", _DATA_DEPENDENT_SHAPE),
-    xfail("unique_consecutive", _DATA_DEPENDENT_SHAPE),
-    xfail("combinations", _DATA_DEPENDENT_SHAPE + " (it is built on masked_select)"),
-    xfail("tensor_split", "split points given as a tensor are read on the host (.tolist())"),
+    # --- data-dependent sizes and values that PyTorch cannot capture --------------------------
+    # (nonzero, masked_select, unique and .item() are captured and run in XLA: see
+    # torchtpu.lower.sized; these are the cases PyTorch's tracing itself refuses.)
+    xfail(
+        "masked_select",
+        "one sample broadcasts the mask over the input: PyTorch's fake masked_select bounds "
+        "the result by the input's numel, not the broadcast one, and the runtime size check "
+        "it adds to the graph fails (inductor's too)",
+    ),
+    xfail(
+        "combinations",
+        "Dynamo fails on one sample (PendingUnbackedSymbolNotFound: the two masked_selects "
+        "inside torch.combinations make sizes PyTorch cannot prove equal)",
+    ),
+    xfail(
+        "tensor_split",
+        "a 0-d tensor of sections decides how many outputs there are: PyTorch's decomposition "
+        "cannot trace it (GuardOnDataDependentSymNode)",
+    ),
+    xfail(
+        "item",
+        "FakeTensor has no item() for complex tensors: a Dynamo graph break",
+        dtypes=("complex64",),
+    ),
     xfail(
         "linalg.lstsq",
-        "aten.linalg_lstsq is tagged dynamic_output_shape (the residuals' size depends on the "
-        "rank): a Dynamo graph break",
+        "aten.linalg_lstsq has no meta kernel for its data-dependent residuals' size: a "
+        "Dynamo graph break",
     ),
     xfail("linalg.lstsq.grad_oriented", "as linalg.lstsq"),
     xfail(
-        "narrow",
-        "a tensor start: aten.narrow.Tensor's CompositeImplicitAutograd kernel calls "
-        "start.item() while AOTAutograd traces; the result is a view, which no op with a "
-        "tensor offset can produce",
+        "bincount",
+        "output length max(input) + 1 has no bound to pad to; no sized lowering yet, so it "
+        "falls back",
     ),
-    xfail("bincount", _DATA_DEPENDENT_SHAPE + " (length max(input) + 1)"),
-    xfail("nn.functional.one_hot", _DATA_DEPENDENT_SHAPE + " (num_classes=-1: max(input) + 1)"),
     xfail(
-        "index_put",
-        "the gradient of a boolean-mask index_put uses nonzero: " + _DATA_DEPENDENT_SHAPE,
-        grad=True,
+        "nn.functional.one_hot",
+        "num_classes=-1 reads max(input) on the host in Python: Dynamo runs it eagerly",
     ),
-    xfail("index_fill", "not investigated: one gradient sample never reaches XLA", grad=True),
     xfail(
         "native_dropout_backward",
         "not investigated: eager's bool result differs from grad & mask on one sample",
         dtypes=("bool",),
     ),
-    xfail("item", _DATA_DEPENDENT_VALUE),
     xfail("allclose", _DATA_DEPENDENT_VALUE),
     xfail("equal", _DATA_DEPENDENT_VALUE),
     xfail(
         "cov",
-        "cov's ATen kernel checks weights and degrees of freedom on values during Dynamo's "
-        "fake propagation: a graph break even without weights",
+        "cov's ATen kernel calls aten.equal on values during Dynamo's fake propagation: a "
+        "graph break even without weights",
     ),
     xfail("corrcoef", "built on cov (see cov)"),
     xfail(
         "nn.functional.gaussian_nll_loss",
         "F.gaussian_nll_loss branches in Python on torch.any(var < 0): a Dynamo graph break",
     ),
-    xfail("nn.functional.ctc_loss", "target lengths are read on the host; no static shape"),
+    xfail(
+        "nn.functional.ctc_loss",
+        "aten._ctc_loss has no meta kernel for its data-dependent shapes: a Dynamo graph break",
+    ),
     # --- outside the functional ATen world ------------------------------------------------
     xfail("resize_", "in-place storage resize; Dynamo does not trace it into a graph"),
     xfail("resize_as_", "in-place storage resize; Dynamo does not trace it into a graph"),
     xfail("to_sparse", "sparse layouts have no XLA representation"),
     xfail("sparse.sampled_addmm", "sparse CSR input; Dynamo does not trace sparse tensors"),
     xfail("sparse.mm.reduce", "sparse CSR input; Dynamo does not trace sparse tensors"),
-    xfail("chalf", "complex32 has no JAX dtype"),
     xfail(
         "nn.functional.linear_cross_entropy.chunked",
         "samples that F.linear_cross_entropy routes off the chunked op (K-dim weights, "
@@ -134,9 +142,6 @@ TABLE: list[Entry] = [
         dtypes=("float32",),
         grad=False,
     ),
-    xfail("linalg.ldl_factor", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
-    xfail("linalg.ldl_factor_ex", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
-    xfail("linalg.ldl_solve", "no LDL^T (Bunch-Kaufman) factorization in XLA"),
     # --- special functions ----------------------------------------------------------------
     *(
         tolerance(

@@ -31,6 +31,9 @@ _TORCH_TO_JAX: dict[torch.dtype, Any] = {
     torch.float8_e5m2: jnp.float8_e5m2,
 }
 _JAX_TO_TORCH = {np.dtype(v): k for k, v in _TORCH_TO_JAX.items()}
+# JAX has no complex32: PyTorch's is held as complex64 whose parts are float16
+# values (see round_complex32), and becomes complex32 again when it leaves.
+_TORCH_TO_JAX[torch.complex32] = jnp.complex64
 
 
 def to_jax_dtype(dtype: torch.dtype) -> Any:
@@ -47,6 +50,12 @@ def to_torch_dtype(dtype: Any) -> torch.dtype:
         raise TypeError(f"torchtpu has no torch dtype for JAX dtype {dtype}") from None
 
 
+def round_complex32(x: Any) -> Any:
+    """Round a complex64 array's parts to float16, as a complex32 tensor holds them."""
+    half = lambda part: part.astype(jnp.float16).astype(jnp.float32)  # noqa: E731
+    return (half(x.real) + 1j * half(x.imag)).astype(jnp.complex64)
+
+
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A NumPy view of CPU tensor ``t`` (contiguous), bfloat16 included.
 
@@ -54,6 +63,8 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     as ml_dtypes' bfloat16, which JAX uses.
     """
     t = t.detach().cpu().contiguous()
+    if t.dtype == torch.complex32:
+        t = t.to(torch.complex64)
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(_TORCH_TO_JAX[torch.bfloat16])
     return t.numpy()

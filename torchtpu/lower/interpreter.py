@@ -8,6 +8,8 @@ so its cost is paid once per compile, never per step.
 
 from __future__ import annotations
 
+import builtins
+import math
 import operator
 from collections.abc import Iterable
 from typing import Any
@@ -16,9 +18,16 @@ import jax
 import jax.numpy as jnp
 import torch
 import torch.fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from torchtpu.errors import LoweringUnsupported, unsupported_message
-from torchtpu.lower.dtypes import is_array, promoted_dtypes, to_jax_dtype, to_numpy
+from torchtpu.lower.dtypes import (
+    is_array,
+    promoted_dtypes,
+    round_complex32,
+    to_jax_dtype,
+    to_numpy,
+)
 from torchtpu.lower.registry import Lowering, lookup
 
 
@@ -51,6 +60,36 @@ class RngStream:
 WITH_EFFECTS = torch.ops.higher_order.with_effects
 
 
+# Python functions on sizes and scalars that graphs with symbolic sizes call
+# (``sym_size * 2``, ``torch.sym_max(a, b)``): evaluated as they are, on Python
+# numbers while tracing, or on JAX scalars for values read from the device.
+PYTHON_FUNCTIONS = frozenset(
+    {
+        *(
+            getattr(operator, name)
+            for name in (
+                "add mul sub truediv floordiv mod pow neg pos abs eq ne lt le gt ge "
+                "and_ or_ xor not_ invert getitem"
+            ).split()
+        ),
+        builtins.min,
+        builtins.max,
+        math.floor,
+        math.ceil,
+        math.sqrt,
+        math.trunc,
+        torch.sym_max,
+        torch.sym_min,
+        torch.sym_not,
+        torch.sym_float,
+        torch.sym_int,
+        torch.sym_ite,
+        torch.sym_sum,
+        torch._sym_sqrt,
+    }
+)
+
+
 def node_op(node: torch.fx.Node) -> Any:
     """The op a call node runs: the wrapped op for ``with_effects``."""
     return node.args[1] if node.target is WITH_EFFECTS else node.target
@@ -59,14 +98,46 @@ def node_op(node: torch.fx.Node) -> Any:
 def is_lowerable(node: torch.fx.Node) -> bool:
     if node.op != "call_function":
         return True
-    if node.target is operator.getitem:
+    if node.target in PYTHON_FUNCTIONS:
+        return True
+    if is_sized(node):
         return True
     return lookup(node_op(node)) is not None
 
 
+def is_sized(node: torch.fx.Node) -> bool:
+    """Whether the node runs as a sized op (see ``torchtpu.lower.sized``): its output
+    size, or its value for ``.item()``, depends on data. Other nodes whose sizes
+    PyTorch could not know (a slice from an ``.item()`` start) have static sizes
+    once their inputs are known, and lower as usual."""
+    target = node.target
+    if target is torch.ops.aten._local_scalar_dense.default:
+        return True
+    if sized_lowering(node) is None:
+        return False
+    if target is torch.ops.aten.index.Tensor:  # only boolean masks make sizes
+        indices = node.args[1] if len(node.args) > 1 else []
+        return any(
+            isinstance(ix, torch.fx.Node)
+            and getattr(ix.meta.get("val"), "dtype", None) == torch.bool
+            for ix in indices
+        )
+    # A repeated nonzero of the same tensor reuses the first one's symbols (PyTorch
+    # memoizes it), so the node binds none of its own, but its size still depends on data.
+    return bool(node.meta.get("unbacked_bindings")) or bool(
+        free_unbacked_symbols(node.meta.get("val"))
+    )
+
+
+def sized_lowering(node: torch.fx.Node) -> Any:
+    from torchtpu.lower.sized import SIZED
+
+    return SIZED.get(node.target)
+
+
 def needs_rng(nodes: Iterable[torch.fx.Node]) -> bool:
     for node in nodes:
-        if node.op == "call_function" and node.target is not operator.getitem:
+        if node.op == "call_function" and node.target not in PYTHON_FUNCTIONS:
             lowering = lookup(node_op(node))
             if lowering is not None and lowering.rng:
                 return True
@@ -116,8 +187,8 @@ def to_jax_constant(t: torch.Tensor) -> jax.Array:
 def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) -> Any:
     args = map_args(node.args, env)
     kwargs = map_args(node.kwargs, env)
-    if node.target is operator.getitem:
-        return operator.getitem(*args)
+    if node.target in PYTHON_FUNCTIONS:
+        return node.target(*args, **kwargs)
     target, effects = node.target, node.target is WITH_EFFECTS
     if effects:
         token, target, *args = args  # AOTAutograd passes the token as None
@@ -135,9 +206,9 @@ def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) ->
         raise NoLowering(node, unsupported_message(target, args, kwargs, reason)) from exc
     meta = node.meta.get("val")
     if not effects:
-        return _match_meta(out, meta)
+        return match_meta(out, meta)
     results = out if isinstance(out, tuple) else () if out is None else (out,)
-    return (token, *_match_meta(results, meta[1:] if isinstance(meta, tuple) else None))
+    return (token, *match_meta(results, meta[1:] if isinstance(meta, tuple) else None))
 
 
 def apply(lowering: Lowering, args: tuple, kwargs: dict, rng: RngStream) -> Any:
@@ -160,12 +231,13 @@ def apply(lowering: Lowering, args: tuple, kwargs: dict, rng: RngStream) -> Any:
     return out
 
 
-def _match_meta(out: Any, meta: Any) -> Any:
+def match_meta(out: Any, meta: Any) -> Any:
     """Cast to the dtype PyTorch recorded for this node, so results match eager's."""
     if isinstance(meta, torch.Tensor) and is_array(out):
         want = to_jax_dtype(meta.dtype)
-        return out if out.dtype == want else out.astype(want)
+        out = out if out.dtype == want else out.astype(want)
+        return round_complex32(out) if meta.dtype == torch.complex32 else out
     if isinstance(meta, (list, tuple)) and isinstance(out, (list, tuple)):
-        matched = [_match_meta(o, m) for o, m in zip(out, meta, strict=False)]
+        matched = [match_meta(o, m) for o, m in zip(out, meta, strict=False)]
         return matched if isinstance(out, list) else tuple(matched)  # named tuples too
     return out

@@ -8,6 +8,7 @@ the inputs' shapes and dtypes and only run them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from typing import Any
@@ -16,12 +17,23 @@ import jax
 import numpy as np
 import torch
 import torch.fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from torchtpu.compile.partition import Segment, partition
 from torchtpu.compile.program import Program, build_program, fingerprint
 from torchtpu.config import Options, options
 from torchtpu.errors import UnsupportedOpError, describe_value, unsupported_message
-from torchtpu.lower.interpreter import NoLowering, is_lowerable, map_args
+from torchtpu.lower.interpreter import (
+    PYTHON_FUNCTIONS,
+    NoLowering,
+    RngStream,
+    is_lowerable,
+    is_sized,
+    map_args,
+    match_meta,
+    run_nodes,
+    sized_lowering,
+)
 from torchtpu.metrics import bump, count_fallback
 from torchtpu.runtime import from_device, jax_scope, to_device
 
@@ -61,7 +73,19 @@ class GraphExecutor:
         for node in gm.graph.nodes:
             if not is_lowerable(node):
                 self._fall_back(node, reason="no lowering")
-        self.segments = partition(gm.graph, self.eager_nodes)
+        self.sized_nodes = {n for n in gm.graph.nodes if n.op == "call_function" and is_sized(n)}
+        self._complex32_outputs = [
+            i
+            for i, n in enumerate(self.output_node.args[0])
+            if isinstance(n, torch.fx.Node)
+            and getattr(n.meta.get("val"), "dtype", None) == torch.complex32
+        ]
+        self._data_dependent_views = {
+            i: n
+            for i, n in enumerate(self.output_node.args[0])
+            if isinstance(n, torch.fx.Node) and _is_data_dependent_view(n)
+        }
+        self.segments = self._partition()
         self._fingerprints: dict[int, str] = {}
         self._programs: dict[tuple[int, Any], Program] = {}
         # Placeholders whose device buffers may be reused for outputs. Only safe
@@ -105,9 +129,12 @@ class GraphExecutor:
                     return self._run(args, device, to_torch)
                 except NoLowering as exc:
                     self._fall_back(exc.node, reason=str(exc))
-                    self.segments = partition(self.gm.graph, self.eager_nodes)
+                    self.segments = self._partition()
                     self._programs.clear()
                     self._fingerprints.clear()
+
+    def _partition(self) -> list[Segment]:
+        return partition(self.gm.graph, self.eager_nodes, self.sized_nodes - self.eager_nodes)
 
     # --- fallback ----------------------------------------------------------------
 
@@ -139,13 +166,26 @@ class GraphExecutor:
         for index, segment in enumerate(self.segments):
             if segment.eager:
                 self._run_eager(segment, env)
+            elif segment.sized:
+                _run_sized(segment.nodes[0], env, device)
+            elif all(_is_shape_arithmetic(n) for n in segment.nodes):
+                run_nodes(segment.nodes, env, RngStream(None))  # Python ints: no program
             else:
                 self._run_xla(index, segment, env, device)
         bump("executions")
         results = map_args(self.output_node.args[0], env)
         if not to_torch:
             return results
-        return [_to_torch(r, torch_device) for r in results]
+        out = [_to_torch(r, torch_device) for r in results]
+        for i in self._complex32_outputs:
+            out[i] = out[i].to(torch.complex32)
+        for i, node in self._data_dependent_views.items():
+            try:
+                layout = _replay_view(node, env, {})
+            except _NotAnInputView:
+                continue  # a view of a computed value: AOTAutograd keeps ours as it is
+            out[i] = _with_view_layout(out[i], layout)
+        return out
 
     def _run_eager(self, segment: Segment, env: dict[torch.fx.Node, Any]) -> None:
         (node,) = segment.nodes
@@ -217,6 +257,147 @@ class GraphExecutor:
                 donated.append(position)
             position += count
         return donated
+
+
+_SHAPE_OPS = frozenset(
+    {
+        torch.ops.aten.sym_size.int,
+        torch.ops.aten.sym_numel.default,
+        torch.ops.aten.sym_stride.int,
+        torch.ops.aten.sym_storage_offset.default,
+        torch.ops.aten._assert_scalar.default,
+        torch.ops.aten.sym_constrain_range.default,
+        torch.ops.aten.sym_constrain_range_for_size.default,
+    }
+)
+
+
+def _is_shape_arithmetic(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and (
+        node.target in _SHAPE_OPS
+        or (node.target in PYTHON_FUNCTIONS and not isinstance(node.meta.get("val"), torch.Tensor))
+    )
+
+
+def _is_data_dependent_view(node: torch.fx.Node) -> bool:
+    meta = node.meta.get("val")
+    return (
+        node.op == "call_function"
+        and isinstance(node.target, torch._ops.OpOverload)
+        and node.target.is_view
+        and isinstance(meta, torch.Tensor)
+        and bool(free_unbacked_symbols((meta.shape, meta.stride(), meta.storage_offset())))
+    )
+
+
+def _replay_view(node: torch.fx.Node, env: dict[torch.fx.Node, Any], memo: dict) -> Any:
+    """``node``'s value with its inputs' real layouts: meta tensors for tensors.
+
+    A graph output that is a view of an input is rebuilt by AOTAutograd from that
+    input with the size, strides and offset of the tensor we return, which for a
+    fresh array are not the view's. When those depend on data (``x.narrow(0,
+    t.item(), 2)``), PyTorch cannot give them ahead of time, so the chain of views
+    is replayed here on meta tensors with the run's values.
+    """
+    if node in memo:
+        return memo[node]
+    meta = node.meta.get("val")
+    if node.op == "placeholder":
+        value = env[node]
+        if isinstance(value, torch.Tensor):
+            value = torch.empty(
+                value.untyped_storage().nbytes() // value.element_size(),
+                dtype=value.dtype,
+                device="meta",
+            ).as_strided(value.shape, value.stride(), value.storage_offset())
+    elif not isinstance(meta, torch.Tensor) and node in env:
+        value = env[node]
+    elif node.op == "call_function" and (
+        _is_shape_arithmetic(node) or getattr(node.target, "is_view", False)
+    ):
+        args = map_args(node.args, _Lazy(env, memo))
+        kwargs = map_args(node.kwargs, _Lazy(env, memo))
+        value = node.target(*args, **kwargs)
+    else:
+        raise _NotAnInputView(node.format_node())
+    memo[node] = value
+    return value
+
+
+class _NotAnInputView(Exception):
+    """The chain of views does not start at a graph input."""
+
+
+class _Lazy(dict):
+    def __init__(self, env: dict, memo: dict) -> None:
+        super().__init__()
+        self.env, self.memo = env, memo
+
+    def __getitem__(self, node: torch.fx.Node) -> Any:
+        return _replay_view(node, self.env, self.memo)
+
+
+def _with_view_layout(data: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+    """``data`` in a tensor with ``layout``'s size, strides and storage offset."""
+    extent = layout.storage_offset() + 1
+    extent += sum((n - 1) * st for n, st in zip(layout.shape, layout.stride(), strict=True))
+    storage = torch.empty(extent if layout.numel() else 0, dtype=data.dtype, device=data.device)
+    out = storage.as_strided(layout.shape, layout.stride(), layout.storage_offset())
+    with contextlib.suppress(RuntimeError):  # overlapping layouts (expand) take no copy
+        out.copy_(data)
+    return out
+
+
+_SIZED_PROGRAMS: dict[Any, Any] = {}
+
+
+def _run_sized(node: torch.fx.Node, env: dict[torch.fx.Node, Any], device: jax.Device) -> None:
+    """Run a node whose output size depends on data (see ``torchtpu.lower.sized``):
+    its padded program, one read of the size to the host, then the slice."""
+    lowering = sized_lowering(node)
+    args, kwargs = map_args(node.args, env), map_args(node.kwargs, env)
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    leaves = [to_device(v, device) if isinstance(v, torch.Tensor) else v for v in leaves]
+    statics = {i: v for i, v in enumerate(leaves) if not isinstance(v, jax.Array)}
+    arrays = [v for v in leaves if isinstance(v, jax.Array)]
+    key = (
+        node.target,
+        treedef,
+        tuple(
+            (v.shape, v.dtype) if isinstance(v, jax.Array) else ("static", _hashable(v))
+            for v in leaves
+        ),
+    )
+    program = _SIZED_PROGRAMS.get(key)
+    if program is None:
+
+        def padded(*given: jax.Array) -> Any:
+            it = iter(given)
+            flat = [statics[i] if i in statics else next(it) for i in range(len(leaves))]
+            a, k = jax.tree_util.tree_unflatten(treedef, flat)
+            return lowering.padded(*a, **k)
+
+        try:
+            program = jax.jit(padded).lower(*arrays).compile()
+        except Exception as exc:
+            reason = f"its padded lowering failed with {type(exc).__name__}: {exc}"
+            raise NoLowering(node, unsupported_message(node.target, args, kwargs, reason)) from exc
+        bump("compiles")
+        _SIZED_PROGRAMS[key] = program
+    outputs, size = program(*arrays)
+    bump("size_reads")
+    size = _python_scalar(size, node.meta.get("val"))
+    a, k = jax.tree_util.tree_unflatten(treedef, leaves)
+    env[node] = match_meta(lowering.cut(a, k)(outputs, size), node.meta.get("val"))
+
+
+def _python_scalar(value: jax.Array, meta: Any) -> Any:
+    item = np.asarray(value).item()
+    if isinstance(meta, (torch.SymBool, bool)):
+        return bool(item)
+    if isinstance(meta, (torch.SymFloat, float)):
+        return float(item)
+    return item
 
 
 def _hashable(value: Any) -> Any:

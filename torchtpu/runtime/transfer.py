@@ -72,6 +72,8 @@ residency = Residency()
 
 def _upload(t: torch.Tensor, device: jax.Device) -> jax.Array:
     t = t.detach()
+    if t.dtype == torch.complex32:  # held as complex64 (torchtpu.lower.dtypes)
+        t = t.to(torch.complex64)
     if t.is_conj():
         t = t.resolve_conj()
     if t.is_neg():

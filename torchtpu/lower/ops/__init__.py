@@ -6,6 +6,7 @@ from torchtpu.lower.ops import (  # noqa: F401
     fft,
     foreach,
     indexing,
+    ldl,
     linalg,
     nn,
     pointwise,
@@ -15,4 +16,5 @@ from torchtpu.lower.ops import (  # noqa: F401
     sampling,
     shape,
     special,
+    symbolic,
 )
