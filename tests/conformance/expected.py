@@ -81,11 +81,6 @@ TABLE: list[Entry] = [
     ),
     xfail("linalg.lstsq.grad_oriented", "as linalg.lstsq"),
     xfail(
-        "bincount",
-        "output length max(input) + 1 has no bound to pad to; no sized lowering yet, so it "
-        "falls back",
-    ),
-    xfail(
         "nn.functional.one_hot",
         "num_classes=-1 reads max(input) on the host in Python: Dynamo runs it eagerly",
     ),

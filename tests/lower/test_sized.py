@@ -101,7 +101,29 @@ def test_view_at_a_data_dependent_offset():
         torch.testing.assert_close(got, torch.narrow(x, 1, start, 2))
 
 
-def test_op_without_sized_lowering_falls_back_visibly():
+def test_bincount_computes_its_length_first():
+    x = torch.tensor([0, 3, 3, 1])
+    w = torch.tensor([0.5, 1.0, 2.0, -1.0])
+
+    def fn(x, w):
+        return [
+            torch.bincount(x),
+            torch.bincount(x, weights=w),
+            torch.bincount(x, minlength=7),
+            torch.bincount(x[:0], minlength=2),  # empty input: minlength zeros
+        ]
+
+    got, want = strict(fn)(x, w), fn(x, w)
+    for g, v in zip(got, want, strict=True):
+        assert g.dtype == v.dtype
+        torch.testing.assert_close(g, v)
+
+
+def test_op_without_sized_lowering_falls_back_visibly(monkeypatch):
+    from torchtpu.lower.sized import SIZED
+
+    monkeypatch.delitem(SIZED, torch.ops.aten.bincount.default)
+
     def fn(x):
         return torch.bincount(x) * 2
 

@@ -19,9 +19,11 @@ size, a Python int.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import torch
 
@@ -185,6 +187,26 @@ def _consecutive(x, return_inverse=False, return_counts=False, dim=None):
 @_sized(aten.unique_consecutive.default, cut=_dim_arg(3))
 def unique_consecutive(x, return_inverse=False, return_counts=False, dim=None):
     return _consecutive(x, return_inverse, return_counts, dim)
+
+
+def _bincount_cut(args: tuple, kwargs: dict) -> Cut:
+    x = args[0]
+    weights = args[1] if len(args) > 1 else kwargs.get("weights")
+    return lambda out, length: _bincount(x, weights, length)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _bincount(x, weights, length):
+    values = jnp.ones(x.shape, jnp.int64) if weights is None else weights.astype(jnp.float64)
+    return jnp.zeros((length,), values.dtype).at[x].add(values)
+
+
+@_sized(aten.bincount.default, cut=_bincount_cut)
+def bincount(x, weights=None, minlength=0):
+    """The length, max(input) + 1 (at least ``minlength``), has no bound to pad to:
+    the size is computed first, then the counts by a program for that length."""
+    top = jnp.max(x, initial=-1) if x.size else jnp.int64(-1)
+    return (), jnp.maximum(top.astype(jnp.int64) + 1, minlength)
 
 
 def _scalar(args: tuple, kwargs: dict) -> Cut:
