@@ -29,6 +29,7 @@ from torchtpu.lower.dtypes import (
     to_numpy,
 )
 from torchtpu.lower.registry import Lowering, lookup
+from torchtpu.lower.sized import SIZED, SizedLowering
 
 
 class NoLowering(LoweringUnsupported):
@@ -129,9 +130,7 @@ def is_sized(node: torch.fx.Node) -> bool:
     )
 
 
-def sized_lowering(node: torch.fx.Node) -> Any:
-    from torchtpu.lower.sized import SIZED
-
+def sized_lowering(node: torch.fx.Node) -> SizedLowering | None:
     return SIZED.get(node.target)
 
 

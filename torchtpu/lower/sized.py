@@ -44,11 +44,14 @@ class SizedLowering:
 SIZED: dict[Any, SizedLowering] = {}
 
 
-def _first_dim(out: Any, n: int) -> Any:
-    return out[:n]
+def _along(dim: int) -> Cut:
+    def cut(out: Any, n: int) -> Any:
+        return out[(slice(None),) * dim + (slice(0, n),)]
+
+    return cut
 
 
-def _sized(op: Any, cut: Callable[[tuple, dict], Cut] = lambda args, kwargs: _first_dim):
+def _sized(op: Any, cut: Callable[[tuple, dict], Cut] = lambda args, kwargs: _along(0)):
     def decorate(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
         SIZED[op] = SizedLowering(fn, cut)
         return fn
@@ -78,13 +81,6 @@ def masked_select(x, mask):
     return flat[coords[:, 0]], n
 
 
-def _along(dim: int) -> Cut:
-    def cut(out: Any, n: int) -> Any:
-        return out[(slice(None),) * dim + (slice(0, n),)]
-
-    return cut
-
-
 def _mask_position(args: tuple, kwargs: dict) -> Cut:
     return _along(next(i for i, ix in enumerate(args[1]) if ix is not None))
 
@@ -99,33 +95,29 @@ def index_by_mask(x, indices):
     coords, n = _coords(mask)
     index = (slice(None),) * start + tuple(coords[:, k] for k in range(mask.ndim))
     if mask.ndim == 0:  # x[True] adds a dimension of size 1 (0 for False)
-        return jnp.expand_dims(x, start)[(slice(None),) * start + (coords[:, 0] * 0,)], n
+        return jnp.expand_dims(x, start), n
     return x[index], n
 
 
 def _unique_values(x, dim):
     """Sorted unique values (slices along ``dim``), inverse indices and counts, padded."""
-    if dim is None:
-        flat = x.reshape(-1)
-        size = max(flat.size, 1)
-        values, inverse, counts = jnp.unique(
-            flat, return_inverse=True, return_counts=True, size=size, fill_value=0
-        )
-        n = jnp.sum(counts > 0, dtype=jnp.int64)
-        return values, inverse.reshape(x.shape), counts, n
-    size = max(x.shape[dim], 1)
+    source = x.reshape(-1) if dim is None else x
     values, inverse, counts = jnp.unique(
-        x, return_inverse=True, return_counts=True, size=size, axis=dim, fill_value=0
+        source,
+        return_inverse=True,
+        return_counts=True,
+        size=max(source.shape[dim or 0], 1),
+        axis=dim,
+        fill_value=0,
     )
-    n = jnp.sum(counts > 0, dtype=jnp.int64)
-    return values, inverse.reshape(-1), counts, n
+    inverse = inverse.reshape(x.shape if dim is None else (-1,))
+    return values, inverse, counts, jnp.sum(counts > 0, dtype=jnp.int64)
 
 
 def _unique_cut(dim: int) -> Cut:
     def cut(out: Any, n: int) -> Any:
         values, inverse, counts = out
-        at = (slice(None),) * dim + (slice(0, n),)
-        return values[at], inverse, counts[:n]
+        return _along(dim)(values, n), inverse, counts[:n]
 
     return cut
 

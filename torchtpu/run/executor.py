@@ -134,7 +134,14 @@ class GraphExecutor:
                     self._fingerprints.clear()
 
     def _partition(self) -> list[Segment]:
-        return partition(self.gm.graph, self.eager_nodes, self.sized_nodes - self.eager_nodes)
+        segments = partition(self.gm.graph, self.eager_nodes, self.sized_nodes - self.eager_nodes)
+        # Segments of shape arithmetic alone run on Python ints, with no program.
+        self._host_segments = {
+            i
+            for i, s in enumerate(segments)
+            if not s.eager and not s.sized and all(_is_shape_arithmetic(n) for n in s.nodes)
+        }
+        return segments
 
     # --- fallback ----------------------------------------------------------------
 
@@ -168,8 +175,8 @@ class GraphExecutor:
                 self._run_eager(segment, env)
             elif segment.sized:
                 _run_sized(segment.nodes[0], env, device)
-            elif all(_is_shape_arithmetic(n) for n in segment.nodes):
-                run_nodes(segment.nodes, env, RngStream(None))  # Python ints: no program
+            elif index in self._host_segments:
+                run_nodes(segment.nodes, env, RngStream(None))
             else:
                 self._run_xla(index, segment, env, device)
         bump("executions")
@@ -204,15 +211,7 @@ class GraphExecutor:
         self, index: int, segment: Segment, env: dict[torch.fx.Node, Any], device: jax.Device
     ) -> None:
         values = [env[n] for n in segment.inputs]
-        leaves, treedef = jax.tree_util.tree_flatten(values)
-        leaves = [to_device(v, device) if isinstance(v, torch.Tensor) else v for v in leaves]
-        signature = (
-            treedef,
-            tuple(
-                (v.shape, v.dtype) if isinstance(v, jax.Array) else ("static", _hashable(v))
-                for v in leaves
-            ),
-        )
+        leaves, treedef, signature = _device_leaves(values, device)
         program = self._programs.get((index, signature))
         if program is None:
             program = self._program_for(index, segment, treedef, leaves, signature, values)
@@ -356,18 +355,10 @@ def _run_sized(node: torch.fx.Node, env: dict[torch.fx.Node, Any], device: jax.D
     its padded program, one read of the size to the host, then the slice."""
     lowering = sized_lowering(node)
     args, kwargs = map_args(node.args, env), map_args(node.kwargs, env)
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-    leaves = [to_device(v, device) if isinstance(v, torch.Tensor) else v for v in leaves]
+    leaves, treedef, signature = _device_leaves((args, kwargs), device)
     statics = {i: v for i, v in enumerate(leaves) if not isinstance(v, jax.Array)}
     arrays = [v for v in leaves if isinstance(v, jax.Array)]
-    key = (
-        node.target,
-        treedef,
-        tuple(
-            (v.shape, v.dtype) if isinstance(v, jax.Array) else ("static", _hashable(v))
-            for v in leaves
-        ),
-    )
+    key = (node.target, signature)
     program = _SIZED_PROGRAMS.get(key)
     if program is None:
 
@@ -398,6 +389,21 @@ def _python_scalar(value: jax.Array, meta: Any) -> Any:
     if isinstance(meta, (torch.SymFloat, float)):
         return float(item)
     return item
+
+
+def _device_leaves(values: Any, device: jax.Device) -> tuple[list[Any], Any, Any]:
+    """``values`` flattened, tensors as device arrays, with the signature programs are
+    keyed by: the tree, and each leaf's shape and dtype, or its value if static."""
+    leaves, treedef = jax.tree_util.tree_flatten(values)
+    leaves = [to_device(v, device) if isinstance(v, torch.Tensor) else v for v in leaves]
+    signature = (
+        treedef,
+        tuple(
+            (v.shape, v.dtype) if isinstance(v, jax.Array) else ("static", _hashable(v))
+            for v in leaves
+        ),
+    )
+    return leaves, treedef, signature
 
 
 def _hashable(value: Any) -> Any:

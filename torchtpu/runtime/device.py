@@ -36,11 +36,9 @@ def _run_cpu_programs_inline() -> None:
 
 @functools.cache
 def _device_for(platform: str | None) -> jax.Device:
-    keep = options().cpu_keep_host_memory and platform in {None, "cpu"}
-    if keep:
-        _run_cpu_programs_inline()
+    _run_cpu_programs_inline()
     device = _pick(platform)
-    if keep and device.platform == "cpu":
+    if options().cpu_keep_host_memory and device.platform == "cpu":
         _keep_host_memory()
     return device
 
