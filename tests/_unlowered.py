@@ -17,3 +17,14 @@ def mystery(x: torch.Tensor) -> torch.Tensor:
 @mystery.register_fake
 def _(x):
     return torch.empty_like(x)
+
+
+@torch.library.custom_op("torchtpu_test::mystery_cpu", mutates_args=(), device_types="cpu")
+def mystery_cpu(x: torch.Tensor) -> torch.Tensor:
+    """A kernel for the CPU only: on tpu tensors it can only take the eager fallback."""
+    return torch.special.bessel_j0(x)
+
+
+@mystery_cpu.register_fake
+def _(x):
+    return torch.empty_like(x)

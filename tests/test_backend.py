@@ -50,9 +50,9 @@ def test_weights_stay_on_device_until_pytorch_changes_them(monkeypatch):
     uploaded = []
     real_upload = transfer._upload
 
-    def spy(t, device):
+    def spy(t, device, copy=False):
         uploaded.append(t)
-        return real_upload(t, device)
+        return real_upload(t, device, copy)
 
     monkeypatch.setattr(transfer, "_upload", spy)
     model = torch.nn.Linear(32, 32)

@@ -8,18 +8,31 @@ options, metrics and reports.
 """
 
 from torchtpu.capture import tpu_backend
+from torchtpu.compile.program import Program, clear_program_cache, compile_log
 from torchtpu.config import Options, options, set_options
 from torchtpu.device import device_mode, patch_cuda, set_device_mode, sync
-from torchtpu.errors import LoweringUnsupported, TorchTPUError, UnsupportedOpError
+from torchtpu.errors import (
+    CompileError,
+    DeviceError,
+    LoweringError,
+    LoweringUnsupported,
+    OutOfMemoryError,
+    TorchTPUError,
+    UnsupportedOpError,
+)
 from torchtpu.examine import examine
 from torchtpu.metrics import metrics, report, reset_metrics
-from torchtpu.run.executor import clear_program_cache, compile_log
 from torchtpu.train import CompiledStep, compile_step
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompileError",
+    "DeviceError",
+    "LoweringError",
     "LoweringUnsupported",
+    "OutOfMemoryError",
+    "Program",
     "Options",
     "TorchTPUError",
     "UnsupportedOpError",

@@ -1,7 +1,10 @@
-"""Errors torchtpu raises. Each message says what happened and what to do."""
+"""Errors torchtpu raises. Each message says what happened and what to do, and
+where a page explains more, names its section of ``docs/errors.md``."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import torch
@@ -27,6 +30,22 @@ class UnsupportedOpError(TorchTPUError):
     """An op has no lowering and strict mode forbids the eager fallback."""
 
 
+class LoweringError(TorchTPUError):
+    """An op's lowering crashed: a bug in torchtpu, never the user's mistake."""
+
+
+class CompileError(TorchTPUError):
+    """XLA could not compile a program (docs/errors.md#compile-error)."""
+
+
+class DeviceError(TorchTPUError):
+    """The device failed while running a program (docs/errors.md#device-error)."""
+
+
+class OutOfMemoryError(DeviceError):
+    """The device ran out of memory running a program (docs/errors.md#out-of-memory)."""
+
+
 def describe_value(value: Any) -> str:
     """A short description of an op argument: shape and dtype for tensors."""
     if isinstance(value, torch.Tensor):
@@ -48,5 +67,41 @@ def unsupported_message(op: object, args: tuple, kwargs: dict, reason: str) -> s
         "What to do: leave strict mode (TORCHTPU_STRICT=0 or "
         "torchtpu.set_options(strict=False)) to run this op in eager PyTorch on the CPU, "
         "rewrite the model to avoid it, or report it so a lowering is added. "
-        "torchtpu.examine(model, *inputs) lists every such op up front."
+        "torchtpu.examine(model, *inputs) lists every such op up front. "
+        "See docs/errors.md#unsupported-op."
     )
+
+
+import jax  # noqa: E402
+
+_OUR_DIRS = (
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.abspath(jax.__file__)),
+    os.path.dirname(os.path.abspath(torch.__file__)),
+    os.path.dirname(os.path.abspath(os.__file__)),
+)
+
+
+def _is_user_frame(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return not path.startswith(_OUR_DIRS) and not filename.startswith("<")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by our caller point at the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        if _is_user_frame(frame.f_code.co_filename):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+def user_site() -> str:
+    """``file:line`` of the innermost caller outside torch, torchtpu and the stdlib."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if _is_user_frame(frame.f_code.co_filename):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"

@@ -25,6 +25,7 @@ def _fresh() -> dict[str, Any]:
         "host_to_device_bytes": 0,
         "resident_hits": 0,
         "device_to_host": 0,
+        "device_to_host_bytes": 0,
         "persistent_cache_hits": 0,
         "persistent_cache_misses": 0,
         "syncs": collections.Counter(),

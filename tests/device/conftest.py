@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from torchtpu.device import lazy, tensor
+from torchtpu.compile import fallback
+from torchtpu.device import lazy
 
 
 @pytest.fixture(autouse=True)
 def empty_graph():
     lazy.sync("explicit")
-    tensor._WARNED.clear()
+    fallback.reset_warnings()
     yield
     lazy.sync("explicit")

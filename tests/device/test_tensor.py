@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import torchtpu
-from torchtpu.device import TPUTensor
+from torchtpu.device import is_tpu
 
 
 def test_device_is_real_and_round_trips():
     cpu = torch.randn(3, 4)
     x = cpu.to("tpu")
-    assert isinstance(x, TPUTensor) and x.device == torch.device("tpu", 0) and x.is_tpu
+    assert is_tpu(x) and type(x) is torch.Tensor and x.device == torch.device("tpu", 0) and x.is_tpu
     assert torch.equal(x.cpu(), cpu)
     assert x.tolist() == cpu.tolist()
     assert (x * 2).sum().item() == pytest.approx(float((cpu * 2).sum()), rel=1e-6)
@@ -103,20 +103,31 @@ def test_user_errors_are_raised_at_the_op():
 
 
 def test_ops_without_lowering_fall_back_visibly():
+    from tests._unlowered import mystery, mystery_cpu
+
     x = torch.tensor([3.0, 1.0, 3.0, 2.0]).to("tpu")
-    with pytest.warns(UserWarning, match="runs in eager PyTorch on the CPU"):
-        out = torch.unique(x)
-    assert out.device.type == "tpu" and out.cpu().tolist() == [1.0, 2.0, 3.0]
-    assert sum(torchtpu.metrics()["fallbacks"].values()) >= 1
+    with pytest.warns(UserWarning, match="has no XLA lowering; it runs in eager PyTorch"):
+        out = mystery_cpu(x)
+    assert out.device.type == "tpu"
+    torch.testing.assert_close(out.cpu(), torch.special.bessel_j0(x.cpu()))
+    assert torchtpu.metrics()["fallbacks"] == {"torchtpu_test.mystery_cpu.default": 1}
+    # A library op with a Python implementation runs that implementation on the device.
+    torch.testing.assert_close(mystery(x).cpu(), out.cpu())
+    assert torchtpu.metrics()["fallbacks"] == {"torchtpu_test.mystery_cpu.default": 1}
     torchtpu.set_options(strict=True)
     with pytest.raises(torchtpu.UnsupportedOpError, match="strict mode"):
-        torch.unique(x)
+        mystery_cpu(x)
 
 
-def test_data_dependent_shapes_run():
-    x = torch.tensor([1.0, -2.0, 3.0]).to("tpu")
-    assert x[x > 0].cpu().tolist() == [1.0, 3.0]
-    assert x.nonzero().cpu().tolist() == [[0], [1], [2]]
+def test_data_dependent_sizes_run_on_the_device():
+    torchtpu.set_options(strict=True)  # no eager fallback: each runs as a sized program
+    x = torch.tensor([1.0, -2.0, 3.0, 3.0]).to("tpu")
+    assert x[x > 0].cpu().tolist() == [1.0, 3.0, 3.0]
+    assert x.nonzero().cpu().tolist() == [[0], [1], [2], [3]]
+    assert torch.unique(x).cpu().tolist() == [-2.0, 1.0, 3.0]
+    assert torch.masked_select(x, x < 2).cpu().tolist() == [1.0, -2.0]
+    assert torchtpu.metrics()["size_reads"] == 4
+    assert torchtpu.metrics()["fallbacks"] == {}
 
 
 def test_autograd_through_composite_ops():

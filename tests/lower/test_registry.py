@@ -17,6 +17,13 @@ def test_duplicate_registration_is_an_error():
         register(aten.add.Tensor)(lambda x, y: x + y)
 
 
+def test_duplicate_sized_registration_is_an_error():
+    from torchtpu.lower.registry import register_sized
+
+    with pytest.raises(RegistryError, match="registered twice in register_sized"):
+        register_sized(aten.nonzero.default, cut=lambda args, kwargs: None)(lambda x: ((), 0))
+
+
 def test_packets_are_refused():
     with pytest.raises(RegistryError, match="overloads"):
         register(aten.add)(lambda x, y: x + y)

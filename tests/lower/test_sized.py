@@ -120,9 +120,9 @@ def test_bincount_computes_its_length_first():
 
 
 def test_op_without_sized_lowering_falls_back_visibly(monkeypatch):
-    from torchtpu.lower.sized import SIZED
+    from torchtpu.lower import registry
 
-    monkeypatch.delitem(SIZED, torch.ops.aten.bincount.default)
+    monkeypatch.delitem(registry._SIZED, torch.ops.aten.bincount.default)
 
     def fn(x):
         return torch.bincount(x) * 2

@@ -8,6 +8,7 @@ for that model, e.g. ``options={"strict": True}``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,3 +57,44 @@ def tpu_backend(
         return compile_graph
 
     return aot_backend(compiler)(gm, example_inputs)
+
+
+_ROUTED = False
+
+
+def route_default_backend() -> None:
+    """``torch.compile(model)`` with PyTorch's default backend, on tpu tensors, compiles
+    with the ``tpu`` backend: inductor cannot generate code for this device, so
+    there is nothing else it could do. Said once, at info level. Graphs on other
+    devices still go to inductor."""
+    global _ROUTED
+    if _ROUTED:
+        return
+    _ROUTED = True
+    inductor = torch._TorchCompileInductorWrapper
+    original = inductor.__call__
+
+    def __call__(self: Any, model_: torch.fx.GraphModule, inputs_: Sequence[Any]) -> Any:
+        if any(_on_tpu(x) for x in inputs_):
+            _say_routed()
+            return tpu_backend(model_, inputs_)
+        return original(self, model_, inputs_)
+
+    inductor.__call__ = __call__
+
+
+def _on_tpu(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "tpu"
+
+
+_SAID = False
+
+
+def _say_routed() -> None:
+    global _SAID
+    if not _SAID:
+        _SAID = True
+        logging.getLogger("torchtpu").info(
+            "torchtpu: torch.compile's default backend (inductor) cannot target the tpu "
+            "device; graphs on tpu tensors compile with backend='tpu'."
+        )

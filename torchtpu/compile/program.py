@@ -1,17 +1,26 @@
-"""One XLA program: a segment traced with JAX, lowered to StableHLO and compiled.
+"""One XLA program: a segment of an ATen graph traced with JAX, lowered to StableHLO
+and compiled. Every front end (the ``tpu`` backend, ``compile_step``, device mode,
+the sized ops) builds its programs here, with one set of compiler options, one
+in-memory cache and one compile log.
 
 A :class:`Program` keeps each stage as a value: ``lowered_text()`` is the
 StableHLO, ``compiled_text()`` the optimised HLO, ``cost_analysis()`` and
-``memory_analysis()`` what XLA reports. Programs are cached in memory by a
-fingerprint of their nodes and input types, and on disk by JAX's persistent
-compilation cache (see ``torchtpu.runtime.device``).
+``memory_analysis()`` what XLA reports. On disk, JAX's persistent compilation
+cache (see ``torchtpu.runtime.device``) lets a second process start warm.
+
+A compile error or a run-time error from XLA becomes a
+:class:`~torchtpu.errors.CompileError` or :class:`~torchtpu.errors.DeviceError`
+naming the program, the user's line that built it, its input shapes, and the
+section of ``docs/errors.md`` that explains it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
@@ -21,40 +30,70 @@ import torch.fx
 
 from torchtpu.compile.partition import Segment
 from torchtpu.config import options
+from torchtpu.errors import CompileError, DeviceError, LoweringUnsupported, OutOfMemoryError
 from torchtpu.lower.interpreter import RngStream, needs_rng, run_nodes
 from torchtpu.metrics import bump
 from torchtpu.runtime import platform_name
 
 
 class Program:
-    """A compiled segment. Call it with the device arrays of its array inputs."""
+    """A compiled XLA program. Call it with the device arrays of its array inputs
+    (and a seed, if it uses random numbers)."""
 
     def __init__(
         self,
+        name: str,
+        origin: str,
         lowered: Any,
         compiled: Any,
+        in_avals: Sequence[Any],
         static_outputs: dict[int, Any],
         treedef: Any,
         n_outputs: int,
         uses_rng: bool,
+        n_ops: int,
         seconds: float,
     ) -> None:
+        self.name = name
+        self.origin = origin
         self.lowered = lowered
         self.compiled = compiled
+        self.in_avals = list(in_avals)
         self.static_outputs = static_outputs
         self.treedef = treedef
         self.n_outputs = n_outputs
         self.uses_rng = uses_rng
+        self.n_ops = n_ops
         self.compile_seconds = seconds
+        self.runs = 0
 
-    def __call__(self, arrays: Sequence[jax.Array], seed: jax.Array | None) -> list[Any]:
-        results = self.compiled(seed, *arrays) if self.uses_rng else self.compiled(*arrays)
+    def __call__(self, arrays: Sequence[Any], seed: Any = None) -> Any:
+        try:
+            results = self.compiled(seed, *arrays) if self.uses_rng else self.compiled(*arrays)
+        except jax.errors.JaxRuntimeError as exc:
+            raise _device_error(self, exc) from exc
+        self.runs += 1
+        if self.treedef is None:
+            return results
+        if not self.static_outputs:
+            return jax.tree_util.tree_unflatten(self.treedef, results)
         leaves = iter(results)
         flat = [
             self.static_outputs[i] if i in self.static_outputs else next(leaves)
             for i in range(self.n_outputs)
         ]
         return jax.tree_util.tree_unflatten(self.treedef, flat)
+
+    def __repr__(self) -> str:
+        cost = self.cost_analysis()
+        flops = cost.get("flops", 0.0)
+        memory = self.memory_analysis()
+        temps = getattr(memory, "temp_size_in_bytes", 0) or 0
+        return (
+            f"Program({self.name}: {self.n_ops} ops, {len(self.in_avals)} inputs -> "
+            f"{self.n_outputs} outputs, {_si(flops)}FLOP, {_si(temps)}B of temporaries, "
+            f"compiled in {self.compile_seconds:.2f}s, built at {self.origin})"
+        )
 
     def lowered_text(self) -> str:
         """The program as StableHLO text."""
@@ -72,6 +111,222 @@ class Program:
     def memory_analysis(self) -> Any:
         """XLA's buffer sizes (arguments, outputs, temporaries) for this program."""
         return self.compiled.memory_analysis()
+
+    def input_shapes(self) -> str:
+        return ", ".join(_aval_text(a) for a in self.in_avals[:8]) + (
+            ", ..." if len(self.in_avals) > 8 else ""
+        )
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.0f} "
+
+
+def _aval_text(aval: Any) -> str:
+    return f"{aval.dtype}{list(aval.shape)}"
+
+
+# --- the cache ----------------------------------------------------------------------
+
+
+class ProgramCache:
+    """Every compiled program of this process, keyed by what makes it unique.
+
+    Keys are tuples whose first element names the kind of program (``"segment"``,
+    ``"fused"``, ``"op"``, ``"sized"``). ``generation`` changes on :meth:`clear`,
+    so holders of direct references (executors, recipes) know to look again.
+    """
+
+    def __init__(self) -> None:
+        self._programs: dict[Hashable, Program] = {}
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._programs)
+
+    def get(self, key: Hashable) -> Program | None:
+        return self._programs.get(key)
+
+    def put(self, key: Hashable, program: Program) -> Program:
+        self._programs[key] = program
+        return program
+
+    def programs(self) -> list[Program]:
+        return list(self._programs.values())
+
+    def clear(self) -> None:
+        self._programs.clear()
+        self.generation += 1
+
+
+CACHE = ProgramCache()
+
+
+def clear_program_cache() -> None:
+    """Forget every compiled program held in memory, for every front end: the
+    ``tpu`` backend, ``compile_step``, device mode (fused and per-op programs) and
+    the data-dependent-size programs. The disk cache stays; a program needed
+    again is rebuilt (and found there).
+
+    Example::
+
+        import torchtpu
+        torchtpu.clear_program_cache()
+    """
+    CACHE.clear()
+
+
+def programs() -> list[Program]:
+    """Every program compiled (and still cached) in this process, in compile order."""
+    return CACHE.programs()
+
+
+# --- building -------------------------------------------------------------------------
+
+
+def compile_function(
+    fn: Callable[..., Any],
+    specs: Sequence[jax.ShapeDtypeStruct],
+    *,
+    name: str,
+    origin: str,
+    uses_rng: bool = False,
+    donate: Sequence[int] = (),
+    n_ops: int = 0,
+    out_info: Callable[[], tuple[Any, dict[int, Any]]] | None = None,
+) -> Program:
+    """Lower and compile ``fn`` (a function of JAX arrays) for ``specs``.
+
+    ``uses_rng``: ``fn``'s first argument is a uint32 seed (not in ``specs``).
+    ``donate``: positions in ``specs`` whose buffers XLA may reuse for outputs.
+    ``out_info``: called after tracing, gives the output treedef and the outputs
+    that are Python values rather than arrays; by default ``fn`` returns a flat list.
+    """
+    all_specs = list(specs)
+    if uses_rng:
+        all_specs.insert(0, jax.ShapeDtypeStruct((), jnp.uint32))
+    offset = 1 if uses_rng else 0
+    donate_argnums = tuple(i + offset for i in donate)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # Donation is an offer: XLA reuses the buffers it can and says so for the rest.
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*all_specs)
+    traced_at = time.perf_counter()
+    try:
+        compiled = lowered.compile(compiler_options=compiler_options())
+    except Exception as exc:  # XLA reports compile failures with several exception types
+        raise _compile_error(name, origin, specs, exc) from exc
+    done = time.perf_counter()
+    bump("trace_seconds", traced_at - start)
+    bump("compile_seconds", done - traced_at)
+    bump("compiles")
+    if out_info is not None:
+        treedef, static_outputs = out_info()
+        n_outputs = treedef.num_leaves
+    else:
+        # fn's own result structure: the compiled program returns it as it is.
+        treedef, static_outputs = None, {}
+        n_outputs = compiled.out_tree.num_leaves
+    program = Program(
+        name,
+        origin,
+        lowered,
+        compiled,
+        specs,
+        static_outputs,
+        treedef,
+        n_outputs,
+        uses_rng,
+        n_ops,
+        done - start,
+    )
+    _log_compile(program)
+    return program
+
+
+def build_program(
+    segment: Segment,
+    treedef: Any,
+    leaves: Sequence[Any],
+    donate: Sequence[int] = (),
+    *,
+    name: str = "graph",
+    origin: str | None = None,
+) -> Program:
+    """Trace ``segment`` with JAX for these inputs, lower it and compile it.
+
+    The segment's inputs are ``treedef`` unflattened over ``leaves``: a device
+    array (or ``jax.ShapeDtypeStruct``) for each array and the Python value
+    itself for each static leaf (sizes of dynamic shapes, ``None``).
+    ``donate`` lists leaf positions whose buffers XLA may reuse for outputs.
+    """
+    uses_rng = needs_rng(segment.nodes)
+    array_pos = [i for i, v in enumerate(leaves) if _is_array_like(v)]
+    static = {i: v for i, v in enumerate(leaves) if not _is_array_like(v)}
+    static_outputs: dict[int, Any] = {}
+    out_treedefs: list[Any] = []
+
+    def program(*args: Any) -> list[Any]:
+        seed, arrays = (args[0], args[1:]) if uses_rng else (None, args)
+        it = iter(arrays)
+        flat_in = [static[i] if i in static else next(it) for i in range(len(leaves))]
+        env = dict(zip(segment.inputs, jax.tree_util.tree_unflatten(treedef, flat_in), strict=True))
+        key = jax.random.key(seed) if uses_rng else None
+        run_nodes(segment.nodes, env, RngStream(key))
+        flat, out_treedef = jax.tree_util.tree_flatten([env[n] for n in segment.outputs])
+        out_treedefs.append(out_treedef)
+        static_outputs.clear()
+        traced = []
+        for i, leaf in enumerate(flat):
+            if isinstance(leaf, jax.Array):
+                traced.append(leaf)
+            else:
+                static_outputs[i] = leaf
+        return traced
+
+    specs = [
+        jax.ShapeDtypeStruct(leaves[i].shape, leaves[i].dtype, weak_type=_weak(leaves[i]))
+        for i in array_pos
+    ]
+    donated = [array_pos.index(i) for i in donate if i in array_pos]
+    return compile_function(
+        program,
+        specs,
+        name=name,
+        origin=origin or segment_origin(segment),
+        uses_rng=uses_rng,
+        donate=donated,
+        n_ops=len(segment.nodes),
+        out_info=lambda: (out_treedefs[-1], dict(static_outputs)),
+    )
+
+
+def _weak(leaf: Any) -> bool:
+    return bool(getattr(leaf, "weak_type", False))
+
+
+def compiler_options() -> dict[str, Any]:
+    """The XLA options every torchtpu program is compiled with."""
+    if platform_name() == "cpu":
+        return {
+            "xla_backend_optimization_level": options().cpu_opt_level,
+            # Without region analysis XLA:CPU cannot prove that a donated weight's
+            # last read (dX = dY @ W^T) precedes its in-place update, and copies
+            # every parameter at the start of a training step (GPU XLA uses it).
+            "xla_cpu_copy_insertion_use_region_analysis": True,
+        }
+    return {}
+
+
+def _is_array_like(value: Any) -> bool:
+    return isinstance(value, (jax.Array, jax.ShapeDtypeStruct))
+
+
+# --- fingerprints and origins ---------------------------------------------------------
 
 
 def fingerprint(segment: Segment) -> str:
@@ -113,76 +368,84 @@ def _constant_digest(node: torch.fx.Node) -> bytes:
     return repr(value).encode()
 
 
-def build_program(
-    segment: Segment, treedef: Any, leaves: Sequence[Any], donate: Sequence[int] = ()
-) -> Program:
-    """Trace ``segment`` with JAX for these inputs, lower it and compile it.
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
-    The segment's inputs are ``treedef`` unflattened over ``leaves``: a device
-    array (or ``jax.ShapeDtypeStruct``) for each array and the Python value
-    itself for each static leaf (sizes of dynamic shapes, ``None``).
-    ``donate`` lists leaf positions whose buffers XLA may reuse for outputs.
-    """
-    uses_rng = needs_rng(segment.nodes)
-    array_pos = [i for i, v in enumerate(leaves) if _is_array_like(v)]
-    static = {i: v for i, v in enumerate(leaves) if not _is_array_like(v)}
-    static_outputs: dict[int, Any] = {}
-    out_treedefs: list[Any] = []
 
-    def program(*args: Any) -> list[Any]:
-        seed, arrays = (args[0], args[1:]) if uses_rng else (None, args)
-        it = iter(arrays)
-        flat_in = [static[i] if i in static else next(it) for i in range(len(leaves))]
-        env = dict(zip(segment.inputs, jax.tree_util.tree_unflatten(treedef, flat_in), strict=True))
-        key = jax.random.key(seed) if uses_rng else None
-        run_nodes(segment.nodes, env, RngStream(key))
-        flat, out_treedef = jax.tree_util.tree_flatten([env[n] for n in segment.outputs])
-        out_treedefs.append(out_treedef)
-        static_outputs.clear()
-        traced = []
-        for i, leaf in enumerate(flat):
-            if isinstance(leaf, jax.Array):
-                traced.append(leaf)
-            else:
-                static_outputs[i] = leaf
-        return traced
+def segment_origin(segment: Segment) -> str:
+    """The user's source line the segment's first traced op came from, or ``<unknown>``.
 
-    specs = [jax.ShapeDtypeStruct(leaves[i].shape, leaves[i].dtype) for i in array_pos]
-    if uses_rng:
-        specs.insert(0, jax.ShapeDtypeStruct((), jnp.uint32))
-    offset = 1 if uses_rng else 0
-    donate_argnums = tuple(array_pos.index(i) + offset for i in donate if i in array_pos)
-    start = time.perf_counter()
-    lowered = jax.jit(program, donate_argnums=donate_argnums).lower(*specs)
-    traced_at = time.perf_counter()
-    compiled = lowered.compile(compiler_options=_compiler_options())
-    done = time.perf_counter()
-    bump("trace_seconds", traced_at - start)
-    bump("compile_seconds", done - traced_at)
-    bump("compiles")
-    out_treedef = out_treedefs[-1]
-    return Program(
-        lowered,
-        compiled,
-        dict(static_outputs),
-        out_treedef,
-        out_treedef.num_leaves,
-        uses_rng,
-        done - start,
+    Dynamo records each node's user stack (``node.meta["stack_trace"]``); its
+    last frame is the line in the user's code."""
+    for node in segment.nodes:
+        trace = node.meta.get("stack_trace")
+        if trace:
+            frames = _FRAME.findall(trace)
+            if frames:
+                path, line = frames[-1]
+                return f"{path}:{line}"
+    return "<unknown>"
+
+
+# --- errors and the compile log -------------------------------------------------------
+
+_COMPILE_LOG: list[str] = []
+
+
+def _log_compile(program: Program) -> None:
+    if options().debug:
+        _COMPILE_LOG.append(
+            f"{program.name}: {program.n_ops} ops in {program.compile_seconds:.2f}s, "
+            f"built at {program.origin}; inputs {program.input_shapes()}"
+        )
+
+
+def compile_log() -> list[str]:
+    """With ``TORCHTPU_DEBUG=1``: one line per XLA compile, for every front end: what
+    was compiled, how long it took, and the user's line that built it."""
+    return list(_COMPILE_LOG)
+
+
+def _compile_error(name: str, origin: str, specs: Sequence[Any], exc: Exception) -> CompileError:
+    shapes = ", ".join(_aval_text(s) for s in specs[:8])
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CompileError(
+        f"XLA could not compile program {name!r} (built at {origin}; inputs {shapes}): "
+        f"{first}\nSee docs/errors.md#compile-error for the causes and what to do."
     )
 
 
-def _compiler_options() -> dict[str, Any]:
-    if platform_name() == "cpu":
-        return {
-            "xla_backend_optimization_level": options().cpu_opt_level,
-            # Without region analysis XLA:CPU cannot prove that a donated weight's
-            # last read (dX = dY @ W^T) precedes its in-place update, and copies
-            # every parameter at the start of a training step (GPU XLA uses it).
-            "xla_cpu_copy_insertion_use_region_analysis": True,
-        }
-    return {}
+def _device_error(program: Program, exc: Exception) -> DeviceError:
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    where = f"program {program.name!r} (built at {program.origin}; inputs {program.input_shapes()})"
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+        memory = program.memory_analysis()
+        need = sum(
+            getattr(memory, f, 0) or 0
+            for f in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+        )
+        return OutOfMemoryError(
+            f"the device ran out of memory running {where}; the program needs about "
+            f"{_si(need)}B for arguments, outputs and temporaries: {first}\n"
+            "See docs/errors.md#out-of-memory for what to do."
+        )
+    return DeviceError(
+        f"the device failed running {where}: {first}\n"
+        "See docs/errors.md#device-error for the causes and what to do."
+    )
 
 
-def _is_array_like(value: Any) -> bool:
-    return isinstance(value, (jax.Array, jax.ShapeDtypeStruct))
+__all__ = [
+    "CACHE",
+    "LoweringUnsupported",
+    "Program",
+    "ProgramCache",
+    "build_program",
+    "clear_program_cache",
+    "compile_function",
+    "compile_log",
+    "compiler_options",
+    "fingerprint",
+    "programs",
+    "segment_origin",
+]

@@ -16,7 +16,7 @@ from torchtpu.config import options, set_options
 from torchtpu.device import lazy
 from torchtpu.device.backend import install
 from torchtpu.device.cuda_compat import patch_cuda
-from torchtpu.device.tensor import TPUTensor
+from torchtpu.device.tensor import is_tpu
 
 Mode = Literal["fused", "eager", "blocking"]
 
@@ -62,4 +62,4 @@ def set_device_mode(mode: Mode) -> Mode:
 
 install()
 
-__all__ = ["TPUTensor", "device_mode", "install", "patch_cuda", "set_device_mode", "sync"]
+__all__ = ["device_mode", "install", "is_tpu", "patch_cuda", "set_device_mode", "sync"]

@@ -4,49 +4,40 @@ PyTorch's Python path for a PrivateUse1 backend
 (``torch.utils.backend_registration._setup_privateuseone_for_python_backend``)
 renames the key, registers a device module (``torch.tpu``) and a device guard,
 which is what lets the autograd engine run backward passes on tensors of the
-new device. Factory calls (``torch.zeros(3, device="tpu")``) carry no tensor,
-so they reach the PrivateUse1 key itself: one boxed fallback kernel sends them
-to the same dispatcher as every other op.
+new device. Every ATen op on a tpu tensor then reaches the PrivateUse1 key:
+
+- one boxed fallback kernel sends ops with backend kernels (``add``, ``mm``)
+  to :func:`torchtpu.device.tensor.kernel`;
+- ops PyTorch implements once for every backend ("CompositeExplicitAutograd":
+  ``t``, ``zeros``, ``_to_copy``...) get the same kernel registered for
+  PrivateUse1, so we see them whole rather than as the ``as_strided`` and
+  ``out=`` calls their generic kernels make. ``detach`` and ``alias`` keep
+  PyTorch's generic kernels: they make a new TensorImpl on the same storage,
+  which is exactly an alias of a tpu tensor, and FakeTensor and
+  ``nn.Parameter`` rely on their results being fresh C++ tensors.
+
+A few places in PyTorch serialise or print a tensor through its storage, which
+for a tpu tensor holds no bytes; :func:`install` routes those through a CPU
+copy (``torch.save``, ``copy.deepcopy``, printing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from typing import Any
 
 import torch
 
 from torchtpu.device import amp, lazy
-from torchtpu.device.tensor import DEVICE_TYPE, factory
+from torchtpu.device.tensor import DEVICE_TYPE, is_tpu, kernel, to_cpu
 
-_LIBRARY: torch.library.Library | None = None
-_ATEN_LIBRARY: torch.library.Library | None = None
+_LIBRARIES: list[torch.library.Library] = []
+log = logging.getLogger("torchtpu")
 
-# Factories whose generic kernel fills an empty tensor through an out= variant
-# that resizes it; tpu tensors cannot be resized, so these get their own kernel.
-_FACTORIES = [
-    "arange",
-    "arange.start",
-    "arange.start_step",
-    "eye",
-    "eye.m",
-    "linspace",
-    "logspace",
-    "randperm",
-    "full",
-    "zeros",
-    "ones",
-    "scalar_tensor",
-    "rand",
-    "randn",
-    "randint",
-    "randint.low",
-    # Reached here, not through __torch_dispatch__, when PyTorch excludes the
-    # Python key (torch.tensor(data, device="tpu") copies that way).
-    "copy_",
-    "_copy_from",
-    "_to_copy",
-]
+# Generic kernels we keep: they alias the storage, which is where a tpu tensor's value lives.
+_GENERIC = {"aten::detach", "aten::alias"}
 
 
 class TPUModule:
@@ -104,8 +95,7 @@ def _after_optimizer_step(optimizer: Any, args: Any, kwargs: Any) -> None:
 
 def install() -> None:
     """Make ``torch.device("tpu")`` a real device (once per process)."""
-    global _LIBRARY
-    if _LIBRARY is not None:
+    if _LIBRARIES:
         return
     from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
 
@@ -116,15 +106,141 @@ def install() -> None:
             f"backend is already named {taken!r} by another library in this process"
         )
     _setup_privateuseone_for_python_backend(DEVICE_TYPE, backend_module=TPUModule())
-    _LIBRARY = torch.library.Library("_", "IMPL")
-    _LIBRARY.fallback(factory, "PrivateUse1")
-    global _ATEN_LIBRARY
-    _ATEN_LIBRARY = torch.library.Library("aten", "IMPL")
-    for name in _FACTORIES:
-        packet, _, overload = name.partition(".")
-        op = getattr(getattr(torch.ops.aten, packet), overload or "default")
-        _ATEN_LIBRARY.impl(name, functools.partial(factory, op), "PrivateUse1")
+    fallback = torch.library.Library("_", "IMPL")
+    fallback.fallback(kernel, "PrivateUse1")
+    kernels = torch.library.Library("aten", "IMPL")
+    for op in _composite_ops():
+        kernels.impl(op.name().split("::", 1)[1], functools.partial(kernel, op), "PrivateUse1")
+    _LIBRARIES.extend([fallback, kernels])
     amp.install()
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     register_optimizer_step_post_hook(_after_optimizer_step)
+    _route_storage_users()
+    _keep_parameters_when_moving()
+    from torchtpu.capture.backend import route_default_backend
+
+    route_default_backend()
+
+
+def _composite_ops() -> list[Any]:
+    """Every ATen overload whose kernel for a new backend would be PyTorch's generic one."""
+    found = []
+    for name in dir(torch.ops.aten):
+        packet = getattr(torch.ops.aten, name, None)
+        if not isinstance(packet, torch._ops.OpOverloadPacket):
+            continue
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            qualified = op.name()
+            if qualified.split(".")[0] in _GENERIC:
+                continue
+            has = torch._C._dispatch_has_kernel_for_dispatch_key
+            try:
+                generic = has(qualified, "CompositeExplicitAutograd") or has(
+                    qualified, "CompositeExplicitAutogradNonFunctional"
+                )
+                if generic and not has(qualified, "PrivateUse1"):
+                    found.append(op)
+            except RuntimeError:  # an overload name the dispatcher does not know
+                continue
+    return found
+
+
+# --- places where PyTorch reaches into a tensor's storage ---------------------------------
+
+
+def _route_storage_users() -> None:
+    """``torch.save``, ``copy.deepcopy`` and printing read a tensor's storage bytes,
+    which a tpu tensor does not have; they get a CPU copy instead."""
+    reduce_ex = torch.Tensor.__reduce_ex__
+
+    @functools.wraps(reduce_ex)
+    def __reduce_ex__(self: torch.Tensor, proto: int) -> Any:
+        if self.device.type == DEVICE_TYPE and is_tpu(self):
+            # Saved as a CPU tensor: the file loads anywhere, with or without torchtpu.
+            return (
+                to_cpu(self.detach(), "to_cpu")
+                .requires_grad_(self.requires_grad)
+                .__reduce_ex__(proto)
+            )
+        return reduce_ex(self, proto)
+
+    torch.Tensor.__reduce_ex__ = __reduce_ex__
+    deepcopy = torch.Tensor.__deepcopy__
+
+    @functools.wraps(deepcopy)
+    def __deepcopy__(self: torch.Tensor, memo: dict) -> Any:
+        if self.device.type == DEVICE_TYPE and is_tpu(self) and type(self) is torch.Tensor:
+            with torch.no_grad():
+                out = self.clone()
+            out.requires_grad_(self.requires_grad)
+            memo[id(self)] = out
+            return out
+        return deepcopy(self, memo)
+
+    torch.Tensor.__deepcopy__ = __deepcopy__
+    tensor_str = torch._tensor_str._str
+
+    @functools.wraps(tensor_str)
+    def _str(self: torch.Tensor, *, tensor_contents: str | None = None) -> str:
+        if tensor_contents is None and self.device.type == DEVICE_TYPE and is_tpu(self):
+            host = to_cpu(self.detach(), "print")
+            if host.numel() > 0:
+                tensor_contents = torch._tensor_str._tensor_str(host, len("tensor("))
+        return tensor_str(self, tensor_contents=tensor_contents)
+
+    torch._tensor_str._str = _str
+
+
+def _keep_parameters_when_moving() -> None:
+    """``model.to("tpu")`` keeps each parameter the same Python object, as
+    ``model.cuda()`` does: tied weights stay tied and an optimizer made before
+    the move still holds the model's parameters. PyTorch keeps objects across a
+    move with ``param.data = moved`` only between its built-in devices, so for
+    ``tpu`` the move swaps each tensor in place (``torch.utils.swap_tensors``)."""
+    module = torch.nn.Module
+    to = module.to
+
+    @functools.wraps(to)
+    def moving_to(self: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        with _swapping(self, device):
+            return to(self, *args, **kwargs)
+
+    module.to = moving_to
+    tpu = getattr(module, DEVICE_TYPE)
+
+    @functools.wraps(tpu)
+    def moving_tpu(self: torch.nn.Module, device: Any = None) -> torch.nn.Module:
+        with _swapping(self, torch.device(DEVICE_TYPE)):
+            return tpu(self, device)
+
+    setattr(module, DEVICE_TYPE, moving_tpu)
+    to_empty = module.to_empty
+
+    @functools.wraps(to_empty)
+    def moving_to_empty(self: torch.nn.Module, *, device: Any, recurse: bool = True):
+        with _swapping(self, torch.device(device) if device is not None else None):
+            return to_empty(self, device=device, recurse=recurse)
+
+    module.to_empty = moving_to_empty
+
+
+@contextlib.contextmanager
+def _swapping(model: torch.nn.Module, device: torch.device | None) -> Any:
+    crossing = device is not None and (
+        device.type == DEVICE_TYPE or any(t.device.type == DEVICE_TYPE for t in model.parameters())
+    )
+    if crossing:
+        from torchtpu.runtime import residency
+
+        for t in list(model.parameters()) + list(model.buffers()):
+            residency.forget(t)  # our weak reference would stop the swap
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    if crossing:
+        torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        yield
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)

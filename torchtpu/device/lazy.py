@@ -1,6 +1,6 @@
-"""The recorded graph of device mode: ops are recorded, then fused into cached XLA programs.
+"""The recorded graph of device mode: ops are recorded, then run as cached XLA programs.
 
-Every value a ``tpu`` tensor holds is a :class:`Value`: a concrete ``jax.Array``
+Every value a tpu tensor holds is a :class:`Value`: a concrete ``jax.Array``
 or a pending slot in the current :class:`Graph`. Recording an op costs one
 dictionary lookup when its *signature* (op, input shapes and dtypes, static
 arguments) was seen before: the :class:`Recipe` for that signature already
@@ -8,34 +8,43 @@ knows the output shapes and dtypes and which lowering computes them.
 
 At a sync point (a value is needed on the host, ``torchtpu.sync()``, the end
 of ``optimizer.step()``, or the graph grew past ``max_graph_ops``) the pending
-nodes whose results are still referenced become one JAX function. Its
-fingerprint is the sequence of (recipe, input slots) pairs plus the live
-outputs, so a training loop that records the same ops each step reuses one
-compiled program. Python floats in ``Scalar`` positions (a learning rate, a
-bias correction) are program inputs, not constants, and never force a
-recompile.
+nodes whose results are still referenced become an ATen FX graph, which goes
+through the same compile path as every other front end
+(``torchtpu.compile.program.build_program``: the lowering registry, the
+compiler options, the one program cache). Its key is the sequence of (recipe,
+input slots) pairs plus the live outputs, so a training loop that records the
+same ops each step reuses one compiled program. Python floats in ``Scalar``
+positions (a learning rate, a bias correction) are program inputs, not
+constants, and never force a recompile.
+
+An input buffer that nothing but the pending graph still refers to (a weight
+the optimizer step has just overwritten, say) is donated to the program, so
+XLA updates it in place instead of allocating a second copy.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
-import os
+import operator
 import sys
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import torch
+import torch.fx
 
+from torchtpu.compile.partition import Segment
+from torchtpu.compile.program import CACHE, Program, build_program
 from torchtpu.config import options
+from torchtpu.errors import user_site
 from torchtpu.lower.dtypes import to_jax_dtype
 from torchtpu.lower.interpreter import RngStream, apply
 from torchtpu.metrics import _COUNTERS, bump
-from torchtpu.runtime import default_device, jax_scope
+from torchtpu.runtime import jax_scope, next_seed
 
 
 class Value:
@@ -63,12 +72,13 @@ class Value:
 
 
 class Recipe:
-    """How to compute one op signature with JAX: the lowering, its template, its outputs.
+    """How to compute one op signature: the op, its lowering, its template, its outputs.
 
     ``template`` holds the op's arguments with every tensor replaced by
     ``TENSOR`` and every dynamic scalar by ``SCALAR``; ``outputs`` is the flat
     list of (shape, dtype) of the op's tensor results, ``structure`` rebuilds
-    the op's return value from them.
+    the op's return value from them, ``meta_out`` is that return value as meta
+    tensors (the node's recorded value in the FX graph).
     """
 
     _uids = itertools.count()
@@ -81,6 +91,7 @@ class Recipe:
         n_tensors: int,
         outputs: list[tuple[tuple[int, ...], torch.dtype]],
         structure: Any,
+        meta_out: Any,
     ) -> None:
         self.uid = next(Recipe._uids)
         self.op = op
@@ -89,42 +100,50 @@ class Recipe:
         self.n_tensors = n_tensors
         self.outputs = outputs
         self.structure = structure
-        self.out_jax_dtypes = [to_jax_dtype(d) for _, d in outputs]
+        self.meta_out = meta_out
+        self.paths = _paths(meta_out)
         self.specs: list[jax.ShapeDtypeStruct] = []
-        self._compiled: Any = None
 
     def __repr__(self) -> str:
         return f"Recipe({self.op}, {len(self.outputs)} output(s))"
+
+    def check(self) -> None:
+        """Trace the lowering on this signature's shapes (no compile): a lowering that
+        refuses them raises here, and the op takes another road."""
+        with jax_scope():
+            shapes = jax.eval_shape(
+                lambda *xs: self.compute(xs, RngStream(jax.random.key(0))), *self.specs
+            )
+        got = [tuple(s.shape) for s in shapes]
+        if got != [shape for shape, _ in self.outputs]:
+            raise ValueError(f"the lowering gives shapes {got}, PyTorch {self.outputs}")
 
     def compute(self, ins: Sequence[Any], rng: RngStream) -> list[Any]:
         """The op's flat tensor results on JAX values ``ins`` (tensors, then scalars)."""
         tensors = iter(ins[: self.n_tensors])
         scalars = iter(ins[self.n_tensors :])
         args, kwargs = fill(self.template, tensors, scalars)
-        out = flatten_arrays(apply(self.lowering, args, kwargs, rng))
+        out = apply(self.lowering, args, kwargs, rng)
+        flat = [_follow(out, path) for path in self.paths]
         return [
-            o if o.dtype == want else o.astype(want)
-            for o, want in zip(out, self.out_jax_dtypes, strict=True)
+            o if o.dtype == to_jax_dtype(d) else o.astype(to_jax_dtype(d))
+            for o, (_, d) in zip(flat, self.outputs, strict=True)
         ]
 
-    def run_now(self, ins: Sequence[Any]) -> list[jax.Array]:
-        """Strict eager mode: run this op alone, asynchronously, as its own program."""
-        if self._compiled is None:
-            uses_rng = self.lowering.rng
 
-            def one_op(seed: Any, *xs: Any) -> list[Any]:
-                key = jax.random.key(seed) if uses_rng else None
-                return self.compute(xs, RngStream(key))
-
-            seed_spec = jax.ShapeDtypeStruct((), jnp.uint32)
-            self._compiled = jax.jit(one_op).lower(seed_spec, *self.specs).compile()
-            bump("compiles")
-            bump("fused_compiles")
-        seed = _next_seed() if self.lowering.rng else _ZERO_SEED
-        return self._compiled(seed, *ins)
+def _paths(meta: Any, prefix: tuple = ()) -> list[tuple]:
+    """Where each tensor sits in an op's result: index paths into nested tuples."""
+    if isinstance(meta, torch.Tensor):
+        return [prefix]
+    if isinstance(meta, (list, tuple)):
+        return [p for i, m in enumerate(meta) for p in _paths(m, (*prefix, i))]
+    return []
 
 
-_ZERO_SEED = np.uint32(0)
+def _follow(value: Any, path: tuple) -> Any:
+    for index in path:
+        value = value[index]
+    return value
 
 
 class _Marker:
@@ -152,15 +171,6 @@ def fill(template: Any, tensors: Any, scalars: Any) -> Any:
     if type(template) is dict:
         return {k: fill(v, tensors, scalars) for k, v in template.items()}
     return template
-
-
-def flatten_arrays(value: Any) -> list[Any]:
-    """The arrays in an op's result, in order (tuples and lists walked, the rest dropped)."""
-    if isinstance(value, (tuple, list)):
-        return [a for v in value for a in flatten_arrays(v)]
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return [value]
-    return []
 
 
 # --- the graph being recorded -------------------------------------------------------
@@ -203,13 +213,63 @@ class Graph:
             ref = self._input_ids[id(array)] = -len(self.inputs)
         return ref
 
-    def scalar_ref(self, scalar: Any) -> int:
-        self.inputs.append(scalar)
-        self.input_specs.append(_scalar_spec(scalar))
+    def add_input(self, value: Any) -> int:
+        """A new input slot for ``value`` (an array or a scalar), never shared."""
+        self.inputs.append(value)
+        spec = (
+            jax.ShapeDtypeStruct(value.shape, value.dtype)
+            if isinstance(value, jax.Array)
+            else scalar_spec(value)
+        )
+        self.input_specs.append(spec)
         return -len(self.inputs)
 
+    def scalar_ref(self, scalar: Any) -> int:
+        self.inputs.append(scalar)
+        self.input_specs.append(scalar_spec(scalar))
+        return -len(self.inputs)
 
-def _scalar_spec(scalar: Any) -> jax.ShapeDtypeStruct:
+    def to_fx(self, out_slots: Sequence[int]) -> tuple[torch.fx.GraphModule, Segment]:
+        """The recorded ops as an ATen FX graph, and the one segment covering it."""
+        graph = torch.fx.Graph()
+        placeholders = []
+        for i, spec in enumerate(self.input_specs):
+            node = graph.placeholder(f"in{i}")
+            node.meta["val"] = _spec_meta(spec, self.inputs[i])
+            placeholders.append(node)
+        slots: dict[int, torch.fx.Node] = {}
+        body: list[torch.fx.Node] = []
+        for recipe, refs, first in self.nodes:
+            ins = [placeholders[-r - 1] if r < 0 else slots[r] for r in refs]
+            args, kwargs = fill(
+                recipe.template, iter(ins[: recipe.n_tensors]), iter(ins[recipe.n_tensors :])
+            )
+            node = graph.call_function(recipe.op, tuple(args), kwargs)
+            node.meta["val"] = recipe.meta_out
+            body.append(node)
+            for i, path in enumerate(recipe.paths):
+                item, meta = node, recipe.meta_out
+                for index in path:
+                    meta = meta[index]
+                    item = graph.call_function(operator.getitem, (item, index))
+                    item.meta["val"] = meta
+                    body.append(item)
+                slots[first + i] = item
+        outputs = [slots[s] for s in out_slots]
+        graph.output(outputs)
+        gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+        return gm, Segment(body, placeholders, outputs, eager=False)
+
+
+def _spec_meta(spec: jax.ShapeDtypeStruct, value: Any) -> Any:
+    if isinstance(value, jax.Array):
+        from torchtpu.lower.dtypes import to_torch_dtype
+
+        return torch.empty(spec.shape, dtype=to_torch_dtype(spec.dtype), device="meta")
+    return value
+
+
+def scalar_spec(scalar: Any) -> jax.ShapeDtypeStruct:
     # Weakly typed, as JAX types Python numbers: a float32 tensor times a
     # learning rate stays float32.
     if isinstance(scalar, bool):
@@ -227,7 +287,6 @@ _SPECS = {
 
 
 _GRAPH = Graph()
-_WARNED_LIMIT = False
 
 
 def current_graph() -> Graph:
@@ -268,9 +327,22 @@ def record(recipe: Recipe, values: Sequence[Value], scalars: Sequence[Any]) -> l
 def _run_eagerly(
     recipe: Recipe, values: Sequence[Value], scalars: Sequence[Any], blocking: bool
 ) -> list[Value]:
+    """Strict eager mode: run this op alone, asynchronously, as its own program."""
+    for v in values:
+        if v.array is None:  # recorded before the mode changed
+            sync("explicit")
     ins = [v.array for v in values] + list(scalars)
-    with jax_scope():
-        arrays = recipe.run_now(ins)
+    with jax_scope() as device:
+        key = ("op", recipe.uid)
+        program = CACHE.get(key)
+        if program is None:
+            graph = Graph()
+            refs = tuple(graph.add_input(x) for x in ins)
+            graph.nodes.append((recipe, refs, 0))
+            program = _build(graph, list(range(len(recipe.outputs))), (), "eager op")
+            CACHE.put(key, program)
+        seed = next_seed(device) if program.uses_rng else None
+        arrays = program(ins, seed)
         if blocking:
             jax.block_until_ready(arrays)
     bump("eager_ops")
@@ -284,32 +356,7 @@ def constant(array: jax.Array, dtype: torch.dtype) -> Value:
     return Value(tuple(array.shape), dtype, array)
 
 
-# --- sync: compile (once per fingerprint) and run ----------------------------------
-
-_PROGRAMS: dict[Any, FusedProgram] = {}
-
-
-class FusedProgram:
-    """A compiled fused graph. ``lowered_text()`` and ``compiled_text()`` show it."""
-
-    def __init__(self, lowered: Any, compiled: Any, n_ops: int, uses_rng: bool, seconds: float):
-        self.lowered = lowered
-        self.compiled = compiled
-        self.n_ops = n_ops
-        self.uses_rng = uses_rng
-        self.compile_seconds = seconds
-        self.runs = 0
-
-    def __repr__(self) -> str:
-        return f"FusedProgram({self.n_ops} ops, compiled in {self.compile_seconds:.2f}s)"
-
-    def lowered_text(self) -> str:
-        """The program as StableHLO text."""
-        return self.lowered.as_text()
-
-    def compiled_text(self) -> str:
-        """The optimised HLO XLA produced."""
-        return self.compiled.as_text()
+# --- sync: compile (once per key) and run ----------------------------------------------
 
 
 def sync(reason: str = "explicit") -> None:
@@ -329,19 +376,22 @@ def sync(reason: str = "explicit") -> None:
     _count("syncs", reason)
     if not live:
         return
-    key = (tuple(graph.keys), tuple(slots), graph.uses_rng)
-    with jax_scope():
-        program = _PROGRAMS.get(key)
+    donate = _donatable(graph.inputs, live)
+    key = ("fused", tuple(graph.keys), tuple(slots), graph.uses_rng, donate)
+    with jax_scope() as device:
+        program = CACHE.get(key)
         if program is None:
-            program = _compile(graph, slots, reason)
-            _PROGRAMS[key] = program
+            program = _build(graph, slots, donate, reason)
+            CACHE.put(key, program)
+            bump("fused_compiles")
         else:
             bump("fused_cache_hits")
-        args = list(graph.inputs)
-        if program.uses_rng:
-            args.insert(0, _next_seed())
-        arrays = program.compiled(*args)
-    program.runs += 1
+        seed = next_seed(device) if program.uses_rng else None
+        inputs = graph.inputs
+        graph.inputs = []  # so the donated buffers die with the call
+        graph._input_ids.clear()
+        arrays = program(inputs, seed)
+        del inputs
     bump("fused_runs")
     bump("fused_ops", len(graph.nodes))
     counters = _COUNTERS
@@ -351,102 +401,41 @@ def sync(reason: str = "explicit") -> None:
         v.graph = None
 
 
-def _compile(graph: Graph, out_slots: list[int], reason: str) -> FusedProgram:
-    nodes = list(graph.nodes)
-    n_inputs = len(graph.inputs)
-    uses_rng = graph.uses_rng
+def _donatable(inputs: list[Any], outputs: list[Value]) -> tuple[int, ...]:
+    """Input buffers nothing but the graph refers to, each matching an output's shape
+    and dtype: the old value of a tensor the recorded ops overwrote (a weight after
+    ``optimizer.step()``). Donating them lets XLA write the new value in place."""
+    wanted = collections.Counter((v.shape, to_jax_dtype(v.dtype)) for v in outputs)
+    donate = []
+    for i in range(len(inputs)):
+        value = inputs[i]
+        if not isinstance(value, jax.Array):
+            continue
+        kind = (tuple(value.shape), value.dtype)
+        # References: the list, this variable, getrefcount's argument.
+        if wanted[kind] > 0 and sys.getrefcount(value) <= 3:
+            wanted[kind] -= 1
+            donate.append(i)
+    return tuple(donate)
 
-    def fused(*args: Any) -> list[Any]:
-        if uses_rng:
-            rng = RngStream(jax.random.key(args[0]))
-            args = args[1:]
-        else:
-            rng = RngStream(None)
-        env: dict[int, Any] = {}
-        for recipe, refs, first in nodes:
-            ins = [args[-r - 1] if r < 0 else env[r] for r in refs]
-            for i, out in enumerate(recipe.compute(ins, rng)):
-                env[first + i] = out
-        return [env[s] for s in out_slots]
 
-    specs = list(graph.input_specs)
-    assert len(specs) == n_inputs
-    if uses_rng:
-        specs.insert(0, jax.ShapeDtypeStruct((), jnp.uint32))
-    start = time.perf_counter()
-    lowered = jax.jit(fused).lower(*specs)
-    traced = time.perf_counter()
-    compiled = lowered.compile()
-    done = time.perf_counter()
-    bump("trace_seconds", traced - start)
-    bump("compile_seconds", done - traced)
-    bump("compiles")
-    bump("fused_compiles")
+def _build(graph: Graph, out_slots: Sequence[int], donate: Sequence[int], reason: str) -> Program:
+    _, segment = graph.to_fx(out_slots)
+    site = user_site()
     if options().debug:
-        site = user_site()
-        _count("compile_sites", f"{site} ({reason}, {len(nodes)} ops)")
-        _COMPILE_LOG.append(
-            f"device mode: {len(nodes)} ops fused in {done - start:.2f}s, "
-            f"sync by {reason} at {site}"
-        )
-    return FusedProgram(lowered, compiled, len(nodes), uses_rng, done - start)
-
-
-_COMPILE_LOG: list[str] = []
+        _count("compile_sites", f"{site} ({reason}, {len(graph.nodes)} ops)")
+    return build_program(
+        segment,
+        jax.tree_util.tree_structure(list(graph.input_specs)),
+        list(graph.input_specs),
+        donate,
+        name="device mode",
+        origin=site,
+    )
 
 
 def _count(name: str, key: str) -> None:
     _COUNTERS[name][key] += 1
-
-
-def compile_log() -> list[str]:
-    """With ``TORCHTPU_DEBUG=1``: one line per fused compile and the Python line that caused it."""
-    return list(_COMPILE_LOG)
-
-
-def programs() -> list[FusedProgram]:
-    """Every fused program compiled in this process."""
-    return list(_PROGRAMS.values())
-
-
-def clear_programs() -> None:
-    """Forget the compiled fused programs (the disk cache stays)."""
-    _PROGRAMS.clear()
-
-
-def _next_seed() -> Any:
-    # Drawn from PyTorch's default generator, so torch.manual_seed decides it.
-    seed = int(torch.randint(0, 2**32 - 1, (), dtype=torch.int64))
-    return jax.device_put(np.uint32(seed), default_device())
-
-
-_OUR_DIRS = (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    os.path.dirname(os.path.abspath(torch.__file__)),
-    os.path.dirname(os.path.abspath(os.__file__)),
-)
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning point at the user's line."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_OUR_DIRS) and not filename.startswith("<"):
-            return level
-        frame, level = frame.f_back, level + 1
-    return 1
-
-
-def user_site() -> str:
-    """``file:line`` of the innermost caller outside torch, torchtpu and the stdlib."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_OUR_DIRS) and not filename.startswith("<"):
-            return f"{filename}:{frame.f_lineno}"
-        frame = frame.f_back
-    return "<unknown>"
 
 
 def wait() -> None:

@@ -1,29 +1,40 @@
-"""``TPUTensor``: the tensor of the ``tpu`` device, and how each ATen op reaches JAX.
+"""Tensors of the ``tpu`` device, and how each ATen op on them reaches JAX.
 
-A ``TPUTensor`` is a wrapper subclass with no storage of its own. It points at
-a :class:`Storage` (the value of a base tensor, shared by all its views) and a
-*view chain*, the view ops that lead from the base to this tensor. Reading a
-view replays the chain on the base's current value; an in-place op on a view
-writes through the chain with the matching ``*_scatter`` ops. So aliasing
-behaves as in eager PyTorch while every recorded op stays functional, which is
-what XLA needs.
+A tpu tensor is an ordinary ``torch.Tensor`` whose device is ``tpu``: a
+TensorImpl with the PrivateUse1 dispatch key and an empty storage
+(``torch._C._acc.create_empty_tensor``). It is not a Python subclass, so
+TorchDynamo, AOTAutograd, ``make_fx`` and FakeTensor treat it exactly as they
+treat a CUDA tensor: ``torch.compile`` fakeifies it as a FakeTensor on
+``tpu:0`` and hands our backend real tpu tensors at run time.
 
-``__torch_dispatch__`` sees ATen ops below autograd. Each op takes one of these
-roads, decided once per op:
+Its value lives on its storage object, as a device buffer lives in a CUDA
+tensor's storage: ``tensor.untyped_storage()._torchtpu`` is a :class:`Handle`
+pointing at a :class:`Storage` (the value of a base tensor, shared by all its
+views) and a *view chain*, the view ops that lead from the base to this
+tensor. PyTorch's own alias kernels (``detach``, ``alias``), which make a new
+TensorImpl on the same storage, therefore share the value with no help from
+us. Reading a view replays the chain on the base's current value; an in-place
+op on a view writes through the chain with the matching ``*_scatter`` ops. So
+aliasing behaves as in eager PyTorch while every recorded op stays functional,
+which is what XLA needs.
 
-- a *handler* (transfers, ``copy_``, ``.item()``, aliases, AMP helpers);
+Every ATen op on a tpu tensor reaches :func:`kernel` (registered for the
+PrivateUse1 key in ``backend.py``). Each op takes one of these roads, decided
+once per op:
+
+- a *handler* (transfers, ``copy_``, ``.item()``, AMP helpers);
 - a *view*: computed like any op, and its result shares the base's storage;
 - an *in-place* or ``out=`` op: its functional twin is computed and written back;
 - a *functional* op: a :class:`~torchtpu.device.lazy.Recipe` per signature,
   from the lowering registry, else a decomposition from
-  ``torchtpu.decompose.decomposition_table()``, else a counted eager fallback
-  on the CPU (an error in strict mode).
+  ``torchtpu.decompose.decomposition_table()``, else, for an op whose output
+  size depends on data, its sized lowering (``torchtpu.lower.sized``), else
+  the counted eager fallback on the CPU (an error in strict mode).
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,17 +42,19 @@ import jax
 import numpy as np
 import torch
 
-from torchtpu.config import options
+from torchtpu.compile.fallback import fall_back
+from torchtpu.compile.sized import run_sized
 from torchtpu.device import lazy
 from torchtpu.device.lazy import SCALAR, TENSOR, Recipe, Value
-from torchtpu.errors import UnsupportedOpError, unsupported_message
-from torchtpu.lower.dtypes import from_numpy, to_jax_dtype, to_numpy
-from torchtpu.lower.registry import lookup
-from torchtpu.metrics import bump, count_fallback
-from torchtpu.runtime import jax_scope
+from torchtpu.errors import describe_value
+from torchtpu.lower.dtypes import from_numpy, to_jax_dtype
+from torchtpu.lower.registry import lookup, sized_lowering
+from torchtpu.metrics import bump
+from torchtpu.runtime import jax_scope, upload
 
 aten = torch.ops.aten
 DEVICE_TYPE = "tpu"
+_META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
 
 
 class Storage:
@@ -54,73 +67,39 @@ class Storage:
         self.version = 0
 
 
-class TPUTensor(torch.Tensor):
-    """A tensor on the ``tpu`` device. Make one with ``tensor.to("tpu")``.
+class Handle:
+    """What a tpu tensor's storage holds: its base's :class:`Storage`, the view chain
+    from that base, and the value last read through the chain (valid while the
+    base's version is ``cver``)."""
 
-    Example::
+    __slots__ = ("st", "chain", "cv", "cver")
 
-        import torch, torchtpu
-        x = torch.ones(3).to("tpu")
-        print((x * 2).sum().item())   # 6.0
-    """
+    def __init__(self, st: Storage, chain: tuple, cv: Value) -> None:
+        self.st = st
+        self.chain = chain
+        self.cv = cv
+        self.cver = st.version
 
-    _st: Storage
-    _chain: tuple
-    _cv: Value | None
-    _cver: int
 
-    # Ops are handled at the dispatch level only; skipping __torch_function__
-    # keeps Python-level overhead per op low.
-    __torch_function__ = torch._C._disabled_torch_function_impl
+class _NotOurs(Exception):
+    """A tensor on the tpu device that torchtpu did not make (see :func:`kernel`)."""
 
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001
-        return dispatch(func, args, kwargs or {})
 
-    # Makes the subclass "traceable", which is what tells Module._apply to swap
-    # parameters in place: model.to("tpu") keeps tied weights tied.
-    def __tensor_flatten__(self) -> tuple[list[str], Any]:
-        return [], None
+def handle(t: torch.Tensor) -> Handle:
+    """The :class:`Handle` of tpu tensor ``t``."""
+    h = getattr(t.untyped_storage(), "_torchtpu", None)
+    if h is None:
+        raise _NotOurs
+    return h
 
-    @staticmethod
-    def __tensor_unflatten__(inner: Any, ctx: Any, size: Any, stride: Any) -> Any:
-        raise NotImplementedError("tpu tensors cannot be rebuilt from inner tensors")
 
-    def __repr__(self, *, tensor_contents: Any = None) -> str:
-        text = torch._tensor_str._str(to_cpu(self.detach(), "print"))
-        suffix = f", device='{self.device}'"
-        if self.grad_fn is not None:
-            suffix += f", grad_fn=<{type(self.grad_fn).__name__}>"
-        elif self.requires_grad:
-            suffix += ", requires_grad=True"
-        body = text[:-1] + suffix + ")"
-        return "Parameter containing:\n" + body if getattr(self, "_is_param", False) else body
-
-    __str__ = __repr__
-
-    def __format__(self, spec: str) -> str:
-        if self.dim() == 0:
-            return self.item().__format__(spec)
-        return repr(self)
-
-    def tolist(self) -> Any:
-        return to_cpu(self.detach(), "to_cpu").tolist()
-
-    def __reduce_ex__(self, proto: int) -> Any:
-        # Saved as a CPU tensor: the file loads anywhere, with or without torchtpu.
-        cpu = to_cpu(self.detach(), "to_cpu")
-        if getattr(self, "_is_param", False):
-            cpu = torch.nn.Parameter(cpu, requires_grad=self.requires_grad)
-        return cpu.__reduce_ex__(proto)
-
-    def __deepcopy__(self, memo: dict) -> TPUTensor:
-        with torch.no_grad():
-            out = self.clone()
-        out.requires_grad_(self.requires_grad)
-        if getattr(self, "_is_param", False):
-            out = torch.nn.Parameter(out, requires_grad=self.requires_grad)
-        memo[id(self)] = out
-        return out
+def is_tpu(t: Any) -> bool:
+    """Whether ``t`` is a tensor on the tpu device that holds a value."""
+    return (
+        isinstance(t, torch.Tensor)
+        and t.device.type == DEVICE_TYPE
+        and hasattr(t.untyped_storage(), "_torchtpu")
+    )
 
 
 @functools.cache
@@ -128,37 +107,38 @@ def device() -> torch.device:
     return torch.device(DEVICE_TYPE, 0)
 
 
-def wrap(value: Value, storage: Storage | None = None, chain: tuple = ()) -> TPUTensor:
-    out = torch.Tensor._make_wrapper_subclass(
-        TPUTensor, value.shape, dtype=value.dtype, device=device()
-    )
-    out._st = storage if storage is not None else Storage(value)
-    out._chain = chain
-    out._cv = value
-    out._cver = out._st.version
+def wrap(value: Value, st: Storage | None = None, chain: tuple = ()) -> torch.Tensor:
+    """A new tpu tensor holding ``value`` (a view of ``st`` through ``chain``, if given)."""
+    out = torch._C._acc.create_empty_tensor(value.shape, value.dtype)
+    out.untyped_storage()._torchtpu = Handle(st if st is not None else Storage(value), chain, value)
     return out
 
 
-def read(t: TPUTensor) -> Value:
+def read(t: torch.Tensor) -> Value:
     """The current value of ``t``, replaying its view chain if the base changed."""
-    chain = t._chain
+    return read_handle(handle(t))
+
+
+def read_handle(h: Handle) -> Value:
+    chain = h.chain
     if not chain:
-        return t._st.value
-    st = t._st
-    if t._cver == st.version:
-        return t._cv
+        return h.st.value
+    st = h.st
+    if h.cver == st.version:
+        return h.cv
     v = st.value
     for step in chain:
         v = _apply_step(step, v)
-    t._cv = v
-    t._cver = st.version
+    h.cv = v
+    h.cver = st.version
     return v
 
 
-def write(t: TPUTensor, v: Value) -> None:
+def write(t: torch.Tensor, v: Value) -> None:
     """Make ``v`` (already of ``t``'s shape and dtype) the value of ``t``, through its views."""
-    st = t._st
-    chain = t._chain
+    h = handle(t)
+    st = h.st
+    chain = h.chain
     if chain:
         xs = [st.value]
         for step in chain[:-1]:
@@ -170,26 +150,33 @@ def write(t: TPUTensor, v: Value) -> None:
     else:
         st.value = v
     st.version += 1
-    t._cv = v
-    t._cver = st.version
+    h.cv = v
+    h.cver = st.version
+
+
+def device_array(t: torch.Tensor, reason: str) -> jax.Array:
+    """The device buffer holding ``t``'s value now, running pending ops if needed."""
+    return materialize(read(t), reason)
+
+
+def set_device_array(t: torch.Tensor, array: jax.Array) -> None:
+    """Make the device buffer ``array`` (of ``t``'s shape and dtype) ``t``'s value."""
+    write(t, Value(tuple(t.shape), t.dtype, array))
+
+
+def from_array(array: jax.Array, dtype: torch.dtype) -> torch.Tensor:
+    """A tpu tensor holding device buffer ``array``."""
+    return wrap(Value(tuple(array.shape), dtype, array))
 
 
 # --- transfers --------------------------------------------------------------------
 
 
-def upload(t: torch.Tensor) -> Value:
-    """A ready value holding a copy of CPU tensor ``t``."""
-    t = t.detach()
-    if t.is_conj():
-        t = t.resolve_conj()
-    if t.is_neg():
-        t = t.resolve_neg()
-    t = t.cpu().contiguous()
-    # A copy: later in-place edits of the CPU tensor must not reach the device value.
+def upload_value(t: torch.Tensor) -> Value:
+    """A ready value holding a copy of CPU tensor ``t``: later in-place edits of ``t``
+    must not reach the device value."""
     with jax_scope() as dev:
-        array = jax.device_put(np.array(to_numpy(t), copy=True), dev)
-    bump("host_to_device")
-    bump("host_to_device_bytes", t.numel() * t.element_size())
+        array = upload(t, dev, copy=True)
     return Value(tuple(t.shape), t.dtype, array)
 
 
@@ -200,22 +187,33 @@ def materialize(v: Value, reason: str) -> jax.Array:
     return v.array
 
 
-def to_cpu(t: TPUTensor, reason: str) -> torch.Tensor:
+def to_cpu(t: torch.Tensor, reason: str) -> torch.Tensor:
     """A CPU copy of ``t``'s value, running the pending graph if it is needed."""
     v = read(t)
     host = np.asarray(materialize(v, reason))
     bump("device_to_host")
+    bump("device_to_host_bytes", host.nbytes)
     return from_numpy(host).reshape(v.shape)
 
 
 # --- dispatch -----------------------------------------------------------------------
 
 
-def dispatch(func: Any, args: tuple, kwargs: dict) -> Any:
+def kernel(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """The PrivateUse1 kernel of every ATen op: pick the op's road and take it.
+
+    A tensor on the tpu device that holds no value of ours is a FakeTensor's
+    meta buffer carrying tpu dispatch keys (PyTorch gives fake tensors the keys
+    of the device they model); such calls run the op's meta kernel, as they
+    would for a CUDA FakeTensor.
+    """
     road = _ROADS.get(func)
     if road is None:
         road = _ROADS[func] = _choose_road(func)
-    return road(func, args, kwargs)
+    try:
+        return road(func, args, kwargs)
+    except _NotOurs:
+        return func.redispatch(_META, *args, **kwargs)
 
 
 def _choose_road(func: Any) -> Callable[..., Any]:
@@ -275,19 +273,20 @@ class _Decomposed:
         self.fn = fn
 
 
+class _Sized:
+    """The op's output size depends on data: run its sized lowering."""
+
+
 class _FallBack:
-    pass
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
-_FALLBACK = _FallBack()
+_SIZED = _Sized()
 
 
 def _encode(a: Any, vals: list, scalars: list, dyn: bool, func: Any) -> Any:
     t = type(a)
-    if t is TPUTensor:
-        v = read(a)
-        vals.append(v)
-        return (v.shape, v.dtype)
     if t is Value:
         vals.append(a)
         return (a.shape, a.dtype)
@@ -299,7 +298,7 @@ def _encode(a: Any, vals: list, scalars: list, dyn: bool, func: Any) -> Any:
     if t is list or t is tuple:
         return tuple(_encode(x, vals, scalars, dyn, func) for x in a)
     if isinstance(a, torch.Tensor):
-        if isinstance(a, TPUTensor):  # a Parameter after swap, or a further subclass
+        if a.device.type == DEVICE_TYPE:
             v = read(a)
             vals.append(v)
             return (v.shape, v.dtype)
@@ -307,7 +306,7 @@ def _encode(a: Any, vals: list, scalars: list, dyn: bool, func: Any) -> Any:
             scalars.append(a.item())
             return ("cpu", a.dtype)
         if a.device.type == "cpu" and func in _CPU_OK:
-            v = upload(a)
+            v = upload_value(a)
             vals.append(v)
             return (v.shape, v.dtype)
         raise RuntimeError(
@@ -315,16 +314,24 @@ def _encode(a: Any, vals: list, scalars: list, dyn: bool, func: Any) -> Any:
             f"{device()} and {a.device}! (when checking arguments for {func}). Move the tensor "
             f"with .to('{DEVICE_TYPE}'), or use a 0-dim CPU tensor as a scalar."
         )
+    if isinstance(a, torch.Generator):
+        raise RuntimeError(
+            f"{func}: an explicit generator= is not supported on the {DEVICE_TYPE} device "
+            f"(got {a!r}). Random ops on {DEVICE_TYPE} draw their seed from PyTorch's default "
+            "generator: seed it with torch.manual_seed, or pass generator=None."
+        )
     return a
 
 
 def _template(a: Any, dyn: bool) -> Any:
     t = type(a)
-    if t is Value or isinstance(a, TPUTensor):
+    if t is Value:
         return TENSOR
     if t is float:
         return SCALAR if dyn else a
     if isinstance(a, torch.Tensor):
+        if a.device.type == DEVICE_TYPE:
+            return TENSOR
         return SCALAR if a.dim() == 0 and a.device.type == "cpu" else TENSOR
     if t is list or t is tuple:
         return t(_template(x, dyn) for x in a)
@@ -335,10 +342,10 @@ def _meta(a: Any) -> Any:
     t = type(a)
     if t is Value:
         return torch.empty(a.shape, dtype=a.dtype, device="meta")
-    if isinstance(a, TPUTensor):
-        return torch.empty(tuple(a.shape), dtype=a.dtype, device="meta")
-    if isinstance(a, torch.Tensor) and a.dim() > 0:
-        return torch.empty(tuple(a.shape), dtype=a.dtype, device="meta")
+    if isinstance(a, torch.Tensor):
+        if a.device.type == DEVICE_TYPE or a.dim() > 0:
+            return torch.empty(tuple(a.shape), dtype=a.dtype, device="meta")
+        return a
     if isinstance(a, torch.device) and a.type == DEVICE_TYPE:
         return torch.device("meta")
     if t is list or t is tuple:
@@ -377,12 +384,6 @@ def _rebuild(structure: Any, values: list[Value]) -> Any:
 
 def _lookup(func: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Value], list[Any]]:
     """The recipe for this call (making it on first sight), and its tensor and scalar inputs."""
-    if func in _ALPHA_OPS and type(kwargs.get("alpha")) is float and _is_tensor(args[1]):
-        # The lowering branches on alpha (alpha == 1), which a program input
-        # cannot answer; y * alpha keeps a changing learning rate an input.
-        (scaled,) = _values(aten.mul.Tensor, (args[1], kwargs["alpha"]), {})
-        args = (args[0], scaled, *args[2:])
-        kwargs = {k: v for k, v in kwargs.items() if k != "alpha"}
     while True:
         dyn = func not in _STATIC_SCALAR_OPS
         vals: list[Value] = []
@@ -404,44 +405,44 @@ def _lookup(func: Any, args: tuple, kwargs: dict) -> tuple[Any, list[Value], lis
         return recipe, vals, scalars
 
 
-_ALPHA_OPS = {aten.add.Tensor, aten.sub.Tensor}
-
-
-def _is_tensor(a: Any) -> bool:
-    return type(a) is Value or isinstance(a, torch.Tensor)
-
-
 def _make_recipe(
     func: Any, args: tuple, kwargs: dict, vals: list[Value], scalars: list, dyn: bool
 ) -> Any:
+    meta_args = _meta(args)
+    meta_kwargs = {k: _meta(v) for k, v in kwargs.items()}
     try:
-        meta_out = func(*_meta(args), **{k: _meta(v) for k, v in kwargs.items()})
+        meta_out = func(*meta_args, **meta_kwargs)
     except Exception as exc:
+        # Meta tensors cannot say how big nonzero(x) or x[mask] is: a sized op.
+        if sized_lowering(func) is not None:
+            return _SIZED
         if _is_user_error(exc):
             raise
-        return _decomposition_or_fallback(func)
+        return _decomposition_or_fallback(func, f"its meta kernel failed: {exc}")
     outputs: list = []
     structure = _structure(meta_out, outputs)
     lowering = lookup(func)
     if lowering is None:
-        return _decomposition_or_fallback(func)
+        return _decomposition_or_fallback(func, "no lowering")
+    refusal = lowering.refuses(meta_args, meta_kwargs)
+    if refusal:
+        return _decomposition_or_fallback(func, refusal)
     template = (_template(args, dyn), {k: _template(v, dyn) for k, v in kwargs.items()})
-    recipe = Recipe(func, lowering, template, len(vals), outputs, structure)
+    recipe = Recipe(func, lowering, template, len(vals), outputs, structure, meta_out)
     specs = [jax.ShapeDtypeStruct(v.shape, to_jax_dtype(v.dtype)) for v in vals]
-    specs += [lazy._scalar_spec(s) for s in scalars]
+    specs += [lazy.scalar_spec(s) for s in scalars]
     recipe.specs = specs
     try:
-        with jax_scope():
-            shapes = jax.eval_shape(
-                lambda *xs: recipe.compute(xs, lazy.RngStream(jax.random.key(0))), *specs
-            )
-        if [tuple(s.shape) for s in shapes] != [shape for shape, _ in outputs]:
-            raise ValueError(f"lowering gives shapes {[s.shape for s in shapes]}")
-    except Exception:
+        recipe.check()
+    except Exception as exc:
         if scalars and dyn:
             return None
-        return _decomposition_or_fallback(func)
+        return _decomposition_or_fallback(func, f"its lowering failed: {type(exc).__name__}: {exc}")
     return recipe
+
+
+def _is_data_dependent(exc: Exception) -> bool:
+    return type(exc).__name__ in {"DynamicOutputShapeException", "DataDependentOutputException"}
 
 
 def _is_user_error(exc: Exception) -> bool:
@@ -450,7 +451,7 @@ def _is_user_error(exc: Exception) -> bool:
     text = str(exc).lower()
     if isinstance(exc, NotImplementedError) or "meta" in text or "data-dependent" in text:
         return False
-    return type(exc).__name__ not in {"DynamicOutputShapeException", "DataDependentOutputException"}
+    return not _is_data_dependent(exc)
 
 
 @functools.cache
@@ -460,11 +461,11 @@ def _decompositions() -> dict[Any, Any]:
     return decomposition_table()
 
 
-def _decomposition_or_fallback(func: Any) -> Any:
+def _decomposition_or_fallback(func: Any, reason: str) -> Any:
     fn = _decompositions().get(func)
     if fn is not None:
         return _Decomposed(fn)
-    return _FALLBACK
+    return _FallBack(reason)
 
 
 # --- the roads ------------------------------------------------------------------------
@@ -472,11 +473,14 @@ def _decomposition_or_fallback(func: Any) -> Any:
 
 def _functional(func: Any, args: tuple, kwargs: dict) -> Any:
     recipe, vals, scalars = _lookup(func, args, kwargs)
-    if type(recipe) is Recipe:
+    kind = type(recipe)
+    if kind is Recipe:
         return _rebuild(recipe.structure, lazy.record(recipe, vals, scalars))
-    if type(recipe) is _Decomposed:
+    if kind is _Decomposed:
         return recipe.fn(*_wrap_values(args), **_wrap_values(kwargs))
-    return _fallback(func, args, kwargs)
+    if kind is _Sized:
+        return _sized(func, args, kwargs)
+    return _fallback(func, args, kwargs, reason=recipe.reason)
 
 
 def _values(func: Any, args: tuple, kwargs: dict) -> list[Value]:
@@ -512,26 +516,38 @@ def _fit(v: Value, shape: tuple, dtype: torch.dtype, func: Any) -> Value:
         (v,) = _values(aten._to_copy.default, (v,), {"dtype": dtype})
     if v.shape != shape:
         try:
-            torch.broadcast_shapes(v.shape, shape) == torch.Size(shape) or _raise()
+            ok = torch.broadcast_shapes(v.shape, shape) == torch.Size(shape)
         except RuntimeError:
+            ok = False
+        if not ok:
             raise RuntimeError(
                 f"{func}: output with shape {list(shape)} doesn't match the broadcast shape "
-                f"{list(torch.broadcast_shapes(v.shape, shape))}"
-            ) from None
+                f"{_broadcast_text(v.shape, shape)}"
+            )
         (v,) = _values(aten.expand.default, (v, list(shape)), {})
     return v
 
 
-def _raise() -> bool:
-    raise RuntimeError("shape mismatch")
+def _broadcast_text(a: tuple, b: tuple) -> str:
+    try:
+        return str(list(torch.broadcast_shapes(a, b)))
+    except RuntimeError:
+        return f"of {list(a)} and {list(b)} (they do not broadcast)"
 
 
 def _mutating(func: Any, args: tuple, kwargs: dict, *, twin: Any) -> Any:
     if "out" in kwargs or (func._schema.arguments and func._schema.arguments[0].name != "self"):
         return _out_variant(func, args, kwargs, twin)
     self = args[0]
-    if not isinstance(self, TPUTensor):
-        return _fallback(func, args, kwargs)
+    if type(self) in (list, tuple):  # _foreach_*_: the functional twin lowers whole
+        if not all(isinstance(t, torch.Tensor) and t.device.type == DEVICE_TYPE for t in self):
+            return _fallback(func, args, kwargs, reason="in-place op on non-tpu tensors")
+        results = _values(twin, args, kwargs)
+        for t, v in zip(self, results, strict=True):
+            write(t, _fit(v, read(t).shape, t.dtype, func))
+        return None
+    if not isinstance(self, torch.Tensor) or self.device.type != DEVICE_TYPE:
+        return _fallback(func, args, kwargs, reason="in-place op on a non-tpu tensor")
     (v,) = _values(twin, args, kwargs)[:1]
     write(self, _fit(v, read(self).shape, self.dtype, func))
     return self
@@ -552,6 +568,42 @@ def _out_variant(func: Any, args: tuple, kwargs: dict, twin: Any) -> Any:
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+def _sized(func: Any, args: tuple, kwargs: dict) -> Any:
+    """An op whose output size depends on data (``nonzero``, ``x[mask]``, ``unique``):
+    its padded program on the device, one read of the size, the slice."""
+    lazy.sync("size_read")
+    with jax_scope() as dev:
+        arrays_args = _to_arrays(args, func)
+        arrays_kwargs = {k: _to_arrays(v, func) for k, v in kwargs.items()}
+        out = run_sized(func, arrays_args, arrays_kwargs, dev)
+    return _from_arrays(out)
+
+
+def _to_arrays(a: Any, func: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        if a.device.type == DEVICE_TYPE:
+            return materialize(read(a), "size_read")
+        if a.device.type == "cpu" and (a.dim() == 0 or func in _CPU_OK):
+            return upload_value(a).array
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found at least two devices, "
+            f"{device()} and {a.device}! (when checking arguments for {func})"
+        )
+    if type(a) in (list, tuple):
+        return type(a)(_to_arrays(x, func) for x in a)
+    return a
+
+
+def _from_arrays(out: Any) -> Any:
+    if isinstance(out, jax.Array):
+        from torchtpu.lower.dtypes import to_torch_dtype
+
+        return from_array(out, to_torch_dtype(out.dtype))
+    if isinstance(out, (list, tuple)):
+        return type(out)(_from_arrays(o) for o in out)
+    return out
+
+
 # --- views ------------------------------------------------------------------------------
 
 # View ops whose results we treat as copies: writing through them is an error
@@ -565,17 +617,17 @@ _COPYING_VIEWS = {
     aten._reshape_alias.default,
     aten.as_strided.default,
 }
-_ALIASES = {aten.alias.default, aten.detach.default, aten.lift_fresh.default}
 
 
 def _view(func: Any, args: tuple, kwargs: dict) -> Any:
     base = args[0]
-    if not isinstance(base, TPUTensor):
-        return _fallback(func, args, kwargs)
+    if not isinstance(base, torch.Tensor) or base.device.type != DEVICE_TYPE:
+        return _fallback(func, args, kwargs, reason="view of a non-tpu tensor")
+    bh = handle(base)
     out = _functional(func, args, kwargs)
     rest = tuple(args[1:])
     if isinstance(out, torch.Tensor):
-        _alias(out, base, (func, rest, kwargs))
+        _alias(out, bh, (func, rest, kwargs))
         return out
     # Multi-output views (split, unbind): each piece is a slice or select of the base.
     dim = _split_dim(func, args, kwargs)
@@ -588,7 +640,7 @@ def _view(func: Any, args: tuple, kwargs: dict) -> Any:
             size = piece.shape[dim]
             step = (aten.slice.Tensor, (dim, start, start + size), {})
             start += size
-        _alias(piece, base, step)
+        _alias(piece, bh, step)
     return out
 
 
@@ -603,10 +655,11 @@ def _split_dim(func: Any, args: tuple, kwargs: dict) -> int:
     return 0
 
 
-def _alias(out: TPUTensor, base: TPUTensor, step: tuple) -> None:
-    out._st = base._st
-    out._chain = base._chain + (step,)
-    out._cver = base._st.version
+def _alias(out: torch.Tensor, base: Handle, step: tuple) -> None:
+    h = handle(out)
+    h.st = base.st
+    h.chain = base.chain + (step,)
+    h.cver = base.st.version
 
 
 def _apply_step(step: tuple, v: Value) -> Value:
@@ -672,21 +725,15 @@ _SCATTERS: dict[Any, Callable[..., Value]] = {
 }
 
 
-def _alias_handler(func: Any, args: tuple, kwargs: dict) -> TPUTensor:
-    src = args[0]
-    out = wrap(read(src), src._st, src._chain)
-    return out
-
-
 # --- handlers -----------------------------------------------------------------------------
 
 
 def _copy_(func: Any, args: tuple, kwargs: dict) -> Any:
     dst, src = args[0], args[1]
-    if not isinstance(dst, TPUTensor):
+    if dst.device.type != DEVICE_TYPE:
         dst.copy_(to_cpu(src, "to_cpu"))
         return dst
-    v = read(src) if isinstance(src, TPUTensor) else upload(src)
+    v = read(src) if src.device.type == DEVICE_TYPE else upload_value(src)
     write(dst, _fit(v, read(dst).shape, dst.dtype, func))
     return dst
 
@@ -700,8 +747,8 @@ def _to_copy(func: Any, args: tuple, kwargs: dict) -> Any:
     src = args[0]
     target = kwargs.get("device")
     dtype = kwargs.get("dtype")
-    if not isinstance(src, TPUTensor):  # CPU -> tpu
-        return wrap(upload(src if dtype is None else src.to(dtype)))
+    if src.device.type != DEVICE_TYPE:  # CPU -> tpu
+        return wrap(upload_value(src if dtype is None else src.to(dtype)))
     if target is not None and torch.device(target).type != DEVICE_TYPE:
         out = to_cpu(src, "to_cpu")
         if dtype is not None:
@@ -713,33 +760,26 @@ def _to_copy(func: Any, args: tuple, kwargs: dict) -> Any:
 
 
 def _item(func: Any, args: tuple, kwargs: dict) -> Any:
-    t = args[0]
-    return to_cpu(t, "item").item()
+    return to_cpu(args[0], "item").item()
 
 
-def _fallback(func: Any, args: tuple, kwargs: dict) -> Any:
-    """Run ``func`` in eager PyTorch on the CPU, visibly: warned once, counted, strict errors."""
-    name = str(func)
-    if options().strict:
-        raise UnsupportedOpError(
-            unsupported_message(name, args, kwargs, "no lowering or decomposition for device mode")
-            + "\n(strict mode is on)"
-        )
-    if name not in _WARNED:
-        _WARNED.add(name)
-        warnings.warn(
-            f"torchtpu: {name} has no XLA lowering here; it runs in eager PyTorch on the CPU "
-            "(counted in torchtpu.metrics()['fallbacks']). Set TORCHTPU_STRICT=1 to make this "
-            "an error.",
-            stacklevel=lazy.user_stacklevel(),
-        )
-    count_fallback(name)
-    written: list[tuple[TPUTensor, torch.Tensor]] = []
+def _empty(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``torch.empty(..., device="tpu")`` and friends: zero-filled (device mode never
+    exposes uninitialised memory)."""
+    size = args[0]
+    dtype = kwargs.get("dtype") or torch.get_default_dtype()
+    return new_zeros(tuple(size), dtype)
+
+
+def _fallback(func: Any, args: tuple, kwargs: dict, reason: str = "no lowering") -> Any:
+    """Run ``func`` in eager PyTorch on the CPU, visibly (see ``compile/fallback.py``)."""
+    fall_back(func, args, kwargs, reason)
+    written: list[tuple[torch.Tensor, torch.Tensor]] = []
     mutated = {a.name for a in func._schema.arguments if a.alias_info and a.alias_info.is_write}
     names = [a.name for a in func._schema.arguments]
 
     def host(a: Any, name: str | None = None) -> Any:
-        if isinstance(a, TPUTensor):
+        if isinstance(a, torch.Tensor) and a.device.type == DEVICE_TYPE:
             cpu = to_cpu(a, "fallback")
             if name in mutated:
                 written.append((a, cpu))
@@ -756,20 +796,17 @@ def _fallback(func: Any, args: tuple, kwargs: dict) -> Any:
     cpu_kwargs = {k: host(v, k) for k, v in kwargs.items()}
     out = func(*cpu_args, **cpu_kwargs)
     for t, cpu in written:
-        write(t, upload(cpu))
+        write(t, upload_value(cpu))
     mutated_cpu = {id(cpu): t for t, cpu in written}
 
     def device_side(o: Any) -> Any:
         if isinstance(o, torch.Tensor):
-            return mutated_cpu.get(id(o)) or wrap(upload(o))
+            return mutated_cpu.get(id(o)) or wrap(upload_value(o))
         if isinstance(o, (list, tuple)):
             return type(o)(device_side(x) for x in o)
         return o
 
     return device_side(out)
-
-
-_WARNED: set[str] = set()
 
 
 # --- automatic mixed precision helpers (GradScaler) ------------------------------------------
@@ -803,9 +840,10 @@ _HANDLERS: dict[Any, Callable[..., Any]] = {
     aten._to_copy.default: _to_copy,
     aten._local_scalar_dense.default: _item,
     aten.is_pinned.default: _not_pinned,
+    aten.empty.memory_format: _empty,
+    aten.empty_strided.default: _empty,
     aten._amp_foreach_non_finite_check_and_unscale_.default: _amp_unscale,
     aten._amp_update_scale_.default: _amp_update_scale,
-    **{op: _alias_handler for op in _ALIASES},
 }
 
 # The road each op takes, decided on first sight; handlers are fixed roads.
@@ -818,16 +856,13 @@ _TWINS: dict[Any, Any] = {
 }
 
 
-# --- factories: ops with no tensor argument and device="tpu" ----------------------------
-
-
-def factory(op: Any, *args: Any, **kwargs: Any) -> Any:
-    """The PrivateUse1 kernel of every op that reaches it: ``torch.zeros(..., device="tpu")``."""
-    return dispatch(op, args, kwargs)
-
-
-def new_empty(shape: tuple[int, ...], dtype: torch.dtype) -> TPUTensor:
-    """A zero-filled tensor (device mode never exposes uninitialised memory)."""
+def new_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero-filled tpu tensor."""
     with jax_scope() as dev:
         array = jax.device_put(np.zeros(shape, to_jax_dtype(dtype)), dev)
     return wrap(Value(tuple(shape), dtype, array))
+
+
+def describe(t: torch.Tensor) -> str:
+    """``Tensor[2, 3]:float32``, for messages."""
+    return describe_value(t)

@@ -20,7 +20,7 @@ import torch
 import torch.fx
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
-from torchtpu.errors import LoweringUnsupported, unsupported_message
+from torchtpu.errors import LoweringUnsupported
 from torchtpu.lower.dtypes import (
     is_array,
     promoted_dtypes,
@@ -28,16 +28,17 @@ from torchtpu.lower.dtypes import (
     to_jax_dtype,
     to_numpy,
 )
-from torchtpu.lower.registry import Lowering, lookup
-from torchtpu.lower.sized import SIZED, SizedLowering
+from torchtpu.lower.registry import Lowering, SizedLowering, lookup, sized_lowering
 
 
 class NoLowering(LoweringUnsupported):
-    """The node's op has no lowering, or its lowering refused these arguments."""
+    """The node's op has no lowering (``kind="missing"``), its lowering refused these
+    arguments (``"refused"``), or its lowering crashed (``"crashed"``)."""
 
-    def __init__(self, node: torch.fx.Node, message: str) -> None:
+    def __init__(self, node: torch.fx.Node, message: str, kind: str = "missing") -> None:
         super().__init__(message)
         self.node = node
+        self.kind = kind
 
 
 class RngStream:
@@ -97,13 +98,32 @@ def node_op(node: torch.fx.Node) -> Any:
 
 
 def is_lowerable(node: torch.fx.Node) -> bool:
-    if node.op != "call_function":
-        return True
-    if node.target in PYTHON_FUNCTIONS:
-        return True
-    if is_sized(node):
-        return True
-    return lookup(node_op(node)) is not None
+    return lowering_status(node)[0] == "lowers"
+
+
+def lowering_status(node: torch.fx.Node) -> tuple[str, str]:
+    """``("lowers", "")``, ``("missing", reason)`` or ``("refused", reason)`` for ``node``,
+    decided from its recorded arguments before anything is traced: the
+    lowering's ``supports=`` checker sees FakeTensors for tensors."""
+    if node.op != "call_function" or node.target in PYTHON_FUNCTIONS or is_sized(node):
+        return "lowers", ""
+    lowering = lookup(node_op(node))
+    if lowering is None:
+        return "missing", "no lowering"
+    if lowering.supports is not None:
+        args, kwargs = meta_args(node)
+        if node.target is WITH_EFFECTS:
+            args = args[2:]
+        reason = lowering.refuses(args, kwargs)
+        if reason:
+            return "refused", reason
+    return "lowers", ""
+
+
+def meta_args(node: torch.fx.Node) -> tuple[tuple, dict]:
+    """The node's arguments with each input replaced by its recorded value (a FakeTensor)."""
+    values = {n: n.meta.get("val") for n in node.all_input_nodes}
+    return tuple(map_args(node.args, values)), map_args(node.kwargs, values)
 
 
 def is_sized(node: torch.fx.Node) -> bool:
@@ -114,7 +134,7 @@ def is_sized(node: torch.fx.Node) -> bool:
     target = node.target
     if target is torch.ops.aten._local_scalar_dense.default:
         return True
-    if sized_lowering(node) is None:
+    if sized_lowering(target) is None:
         return False
     if target is torch.ops.aten.index.Tensor:  # only boolean masks make sizes
         indices = node.args[1] if len(node.args) > 1 else []
@@ -130,8 +150,8 @@ def is_sized(node: torch.fx.Node) -> bool:
     )
 
 
-def sized_lowering(node: torch.fx.Node) -> SizedLowering | None:
-    return SIZED.get(node.target)
+def node_sized_lowering(node: torch.fx.Node) -> SizedLowering | None:
+    return sized_lowering(node.target)
 
 
 def needs_rng(nodes: Iterable[torch.fx.Node]) -> bool:
@@ -193,16 +213,16 @@ def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) ->
         token, target, *args = args  # AOTAutograd passes the token as None
     lowering = lookup(target)
     if lowering is None:
-        raise NoLowering(node, unsupported_message(target, args, kwargs, "no lowering"))
+        raise NoLowering(node, "no lowering")
     try:
         out = apply(lowering, tuple(args), kwargs, rng)
     except LoweringUnsupported as exc:
-        raise NoLowering(node, unsupported_message(target, args, kwargs, str(exc))) from exc
+        raise NoLowering(node, str(exc), kind="refused") from exc
     except Exception as exc:
         # PyTorch already checked the arguments while tracing, so a failure here
-        # is a gap in our lowering: name it, and let the op fall back.
-        reason = f"its lowering failed with {type(exc).__name__}: {exc}"
-        raise NoLowering(node, unsupported_message(target, args, kwargs, reason)) from exc
+        # is a bug in our lowering: report it as one, and let the op fall back.
+        reason = f"{type(exc).__name__}: {exc}"
+        raise NoLowering(node, reason, kind="crashed") from exc
     meta = node.meta.get("val")
     if not effects:
         return match_meta(out, meta)
@@ -212,6 +232,9 @@ def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) ->
 
 def apply(lowering: Lowering, args: tuple, kwargs: dict, rng: RngStream) -> Any:
     """Run one lowering with its registered policy."""
+    if lowering.accumulate:
+        args = tuple(_accumulating(a) for a in args)
+        kwargs = {k: _accumulating(v) for k, v in kwargs.items()}
     result_dtype = None
     if lowering.promote is not None:
         positions = lowering.promote_args or range(len(args))
@@ -228,6 +251,19 @@ def apply(lowering: Lowering, args: tuple, kwargs: dict, rng: RngStream) -> Any:
     if result_dtype is not None and is_array(out):
         out = out.astype(to_jax_dtype(result_dtype))
     return out
+
+
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _accumulating(value: Any) -> Any:
+    """bfloat16 and float16 arrays as float32 (``accumulate=True``); the node's
+    recorded dtype casts the result back."""
+    if is_array(value) and value.dtype in _LOW_PRECISION:
+        return value.astype(jnp.float32)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_accumulating(v) for v in value)
+    return value
 
 
 def match_meta(out: Any, meta: Any) -> Any:

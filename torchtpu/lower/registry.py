@@ -1,4 +1,4 @@
-"""The one lowering registry: ATen op overload -> JAX function, filled by a decorator.
+"""The lowering registries: ATen op overload -> JAX function, filled by decorators.
 
 Policy lives here, declared at registration, not inside each body:
 
@@ -7,10 +7,21 @@ Policy lives here, declared at registration, not inside each body:
   the result dtype after, exactly as ``torch._prims_common.elementwise_dtypes``
   says, so bodies never repeat promotion logic.
 - ``promote_args``: which positional arguments take part (default: all).
+- ``accumulate``: bfloat16 and float16 array arguments are computed in
+  float32 and the results cast back to the op's dtype, as PyTorch's CPU and
+  CUDA kernels accumulate reductions, norms and pooling in float32.
 - ``rng``: the body takes a ``key=`` argument, a JAX PRNG key threaded in from
   the program's inputs. No lowering ever makes its own key.
+- ``supports``: a checker of the call's arguments (FakeTensors or meta
+  tensors for tensors, Python values for the rest) that returns ``True`` or
+  the reason the lowering refuses them. ``partition`` and ``examine`` consult
+  it before anything is traced, so such a call falls back (or is reported) up
+  front instead of failing while traced.
 
-A second registration of the same overload is an error, never a warning.
+Ops whose output size depends on data have a second registry, of
+:class:`SizedLowering` (``register_sized``); see ``torchtpu.lower.sized``.
+A second registration of the same overload, in either registry, is an error,
+never a warning.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ import torch
 from torchtpu.errors import RegistryError
 from torchtpu.lower.dtypes import Promote
 
+Supports = Callable[..., "bool | str"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Lowering:
@@ -32,13 +45,48 @@ class Lowering:
     promote: Promote | None = None
     promote_args: tuple[int, ...] | None = None
     rng: bool = False
+    accumulate: bool = False
+    supports: Supports | None = None
 
     @property
     def name(self) -> str:
         return str(self.op)
 
+    def refuses(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+        """Why this lowering refuses the call, or ``None`` if it takes it."""
+        if self.supports is None:
+            return None
+        verdict = self.supports(*args, **kwargs)
+        if verdict is True:
+            return None
+        return verdict if isinstance(verdict, str) else "the lowering does not take these arguments"
+
+
+@dataclasses.dataclass(frozen=True)
+class SizedLowering:
+    """An op whose output size depends on data. ``padded`` runs inside ``jax.jit`` and
+    returns ``(outputs, size)``: the outputs padded to the largest size they can
+    have, and the true size. ``cut(args, kwargs)`` gives the function that slices
+    those outputs (device arrays, outside the program) to a size, a Python int."""
+
+    op: Any
+    padded: Callable[..., tuple[Any, Any]]
+    cut: Callable[[tuple, dict], Callable[[Any, int], Any]]
+
 
 _REGISTRY: dict[Any, Lowering] = {}
+_SIZED: dict[Any, SizedLowering] = {}
+
+
+def _check_new(op: Any, table: dict[Any, Any], fn: Callable[..., Any], what: str) -> None:
+    if not isinstance(op, torch._ops.OpOverload):
+        raise RegistryError(f"{what}() takes overloads (aten.add.Tensor), got {op!r}")
+    if op in table:
+        first = getattr(table[op], "fn", None) or table[op].padded
+        raise RegistryError(
+            f"{op} is registered twice in {what}: by {first.__module__}.{first.__name__} "
+            f"and by {fn.__module__}.{fn.__name__}"
+        )
 
 
 def register(
@@ -46,6 +94,8 @@ def register(
     promote: Promote | None = None,
     promote_args: Sequence[int] | None = None,
     rng: bool = False,
+    accumulate: bool = False,
+    supports: Supports | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as the JAX lowering of each op overload in ``ops``."""
 
@@ -53,16 +103,22 @@ def register(
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for op in ops:
-            if not isinstance(op, torch._ops.OpOverload):
-                raise RegistryError(f"register() takes overloads (aten.add.Tensor), got {op!r}")
-            if op in _REGISTRY:
-                first = _REGISTRY[op].fn
-                raise RegistryError(
-                    f"{op} is registered twice: by {first.__module__}.{first.__name__} "
-                    f"and by {fn.__module__}.{fn.__name__}"
-                )
+            _check_new(op, _REGISTRY, fn, "register")
             args = tuple(promote_args) if promote_args is not None else None
-            _REGISTRY[op] = Lowering(op, fn, promote, args, rng)
+            _REGISTRY[op] = Lowering(op, fn, promote, args, rng, accumulate, supports)
+        return fn
+
+    return decorate
+
+
+def register_sized(
+    op: Any, cut: Callable[[tuple, dict], Callable[[Any, int], Any]]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as the padded lowering of data-dependent-size op ``op``."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _check_new(op, _SIZED, fn, "register_sized")
+        _SIZED[op] = SizedLowering(op, fn, cut)
         return fn
 
     return decorate
@@ -74,10 +130,22 @@ def lookup(op: Any) -> Lowering | None:
     return _REGISTRY.get(op)
 
 
+def sized_lowering(op: Any) -> SizedLowering | None:
+    """The sized lowering registered for ``op``, or ``None``."""
+    _load_ops()
+    return _SIZED.get(op)
+
+
 def registered_ops() -> list[Any]:
     """Every op overload with a lowering."""
     _load_ops()
     return list(_REGISTRY)
+
+
+def sized_ops() -> list[Any]:
+    """Every op overload with a sized lowering."""
+    _load_ops()
+    return list(_SIZED)
 
 
 _loaded = False
@@ -94,6 +162,7 @@ def _load_ops() -> None:
     _loading = True
     try:
         import torchtpu.lower.ops  # noqa: F401  (fills the registry)
+        import torchtpu.lower.sized  # noqa: F401  (fills the sized registry)
 
         _loaded = True
     finally:

@@ -10,7 +10,8 @@ can have, together with the true size; it reads the size back to the host (a
 few bytes) and slices. Everything after the node is compiled for the true
 sizes, one program per size seen, like any other shape change.
 
-Each entry of ``SIZED`` is a :class:`SizedLowering`: ``padded`` runs inside
+Each op is registered with ``register_sized`` (``torchtpu.lower.registry``,
+which refuses duplicates): the decorated ``padded`` function runs inside
 ``jax.jit`` and returns ``(outputs, size)``; ``cut(args, kwargs)`` gives the
 function that slices those outputs (device arrays, outside the program) to a
 size, a Python int.
@@ -18,30 +19,19 @@ size, a Python int.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import torch
 
 from torchtpu.errors import LoweringUnsupported
+from torchtpu.lower.registry import register_sized
 
 aten = torch.ops.aten
 
 
 Cut = Callable[[Any, int], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class SizedLowering:
-    padded: Callable[..., tuple[Any, Any]]
-    cut: Callable[[tuple, dict], Cut]
-
-
-SIZED: dict[Any, SizedLowering] = {}
 
 
 def _along(dim: int) -> Cut:
@@ -52,11 +42,7 @@ def _along(dim: int) -> Cut:
 
 
 def _sized(op: Any, cut: Callable[[tuple, dict], Cut] = lambda args, kwargs: _along(0)):
-    def decorate(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
-        SIZED[op] = SizedLowering(fn, cut)
-        return fn
-
-    return decorate
+    return register_sized(op, cut)
 
 
 def _coords(mask: Any) -> tuple[Any, Any]:
@@ -182,15 +168,21 @@ def unique_consecutive(x, return_inverse=False, return_counts=False, dim=None):
 
 
 def _bincount_cut(args: tuple, kwargs: dict) -> Cut:
+    from torchtpu.compile.sized import run_follow_up
+
     x = args[0]
     weights = args[1] if len(args) > 1 else kwargs.get("weights")
-    return lambda out, length: _bincount(x, weights, length)
+    arrays = [x] if weights is None else [x, weights]
 
+    def cut(out: Any, length: int) -> Any:
+        def counts(x, weights=None):
+            ones = weights is None
+            values = jnp.ones(x.shape, jnp.int64) if ones else weights.astype(jnp.float64)
+            return jnp.zeros((length,), values.dtype).at[x].add(values)
 
-@functools.partial(jax.jit, static_argnums=2)
-def _bincount(x, weights, length):
-    values = jnp.ones(x.shape, jnp.int64) if weights is None else weights.astype(jnp.float64)
-    return jnp.zeros((length,), values.dtype).at[x].add(values)
+        return run_follow_up(("bincount", length), counts, arrays)
+
+    return cut
 
 
 @_sized(aten.bincount.default, cut=_bincount_cut)

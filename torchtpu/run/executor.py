@@ -1,49 +1,50 @@
 """Run an ATen graph: XLA programs for its segments, eager PyTorch for fallbacks.
 
 A :class:`GraphExecutor` is what the ``tpu`` backend hands back to
-AOTAutograd for each forward, backward or inference graph. The first call
-with new input types traces and compiles; later calls look the programs up by
-the inputs' shapes and dtypes and only run them.
+AOTAutograd for each forward, backward or inference graph, and what
+``compile_step`` runs its whole step with. The first call with new input
+types traces and compiles; later calls look the programs up by the inputs'
+shapes and dtypes and only run them.
+
+Inputs may be CPU tensors (uploaded once, then found resident until PyTorch
+changes them) or tpu tensors (their device buffers are used as they are).
+Each output lands on the device its graph recorded for it: a tpu tensor
+holding the program's buffer, so weights, gradients and optimizer state of a
+model on "tpu" never leave the device.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-import warnings
 from typing import Any
 
 import jax
-import numpy as np
 import torch
 import torch.fx
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
+from torchtpu.compile.fallback import fall_back
 from torchtpu.compile.partition import Segment, partition
-from torchtpu.compile.program import Program, build_program, fingerprint
+from torchtpu.compile.program import CACHE, Program, build_program, fingerprint
+from torchtpu.compile.sized import SizedFailure, run_sized
 from torchtpu.config import Options, options
-from torchtpu.errors import UnsupportedOpError, describe_value, unsupported_message
+from torchtpu.lower.dtypes import to_torch_dtype
 from torchtpu.lower.interpreter import (
     PYTHON_FUNCTIONS,
     NoLowering,
     RngStream,
-    is_lowerable,
     is_sized,
+    lowering_status,
     map_args,
     match_meta,
+    meta_args,
+    node_op,
     run_nodes,
-    sized_lowering,
 )
 from torchtpu.metrics import bump, count_fallback
-from torchtpu.runtime import from_device, jax_scope, to_device
+from torchtpu.runtime import from_device, jax_scope, next_seed, to_device
 
-_PROGRAMS: dict[tuple[str, Any], Program] = {}
-_WARNED: set[str] = set()
-
-
-def clear_program_cache() -> None:
-    """Forget every compiled program held in memory (the disk cache stays)."""
-    _PROGRAMS.clear()
+DEVICE_TYPE = "tpu"
 
 
 class GraphExecutor:
@@ -61,9 +62,11 @@ class GraphExecutor:
         opts: Options | None = None,
         name: str = "graph",
         donate: frozenset[int] = frozenset(),
+        origin: str | None = None,
     ) -> None:
         self.gm = gm
         self.name = name
+        self.origin = origin
         # An instance attribute, so the wrappers AOTAutograd puts around us copy it.
         self._boxed_call = True
         self.opts = opts or options()
@@ -71,23 +74,27 @@ class GraphExecutor:
         self.output_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
         self.eager_nodes: set[torch.fx.Node] = set()
         for node in gm.graph.nodes:
-            if not is_lowerable(node):
-                self._fall_back(node, reason="no lowering")
+            status, reason = lowering_status(node)
+            if status != "lowers":
+                self._fall_back(node, reason, status)
         self.sized_nodes = {n for n in gm.graph.nodes if n.op == "call_function" and is_sized(n)}
+        outputs = self.output_node.args[0]
+        self._out_devices = [_meta_device(n) for n in outputs]
         self._complex32_outputs = [
             i
-            for i, n in enumerate(self.output_node.args[0])
+            for i, n in enumerate(outputs)
             if isinstance(n, torch.fx.Node)
             and getattr(n.meta.get("val"), "dtype", None) == torch.complex32
         ]
         self._data_dependent_views = {
             i: n
-            for i, n in enumerate(self.output_node.args[0])
+            for i, n in enumerate(outputs)
             if isinstance(n, torch.fx.Node) and _is_data_dependent_view(n)
         }
         self.segments = self._partition()
         self._fingerprints: dict[int, str] = {}
         self._programs: dict[tuple[int, Any], Program] = {}
+        self._generation = CACHE.generation
         # Placeholders whose device buffers may be reused for outputs. Only safe
         # when one program consumes them and none is returned unchanged.
         returned = set(self.output_node.all_input_nodes)
@@ -128,10 +135,17 @@ class GraphExecutor:
                 try:
                     return self._run(args, device, to_torch)
                 except NoLowering as exc:
-                    self._fall_back(exc.node, reason=str(exc))
-                    self.segments = self._partition()
-                    self._programs.clear()
-                    self._fingerprints.clear()
+                    self._fall_back(exc.node, str(exc), exc.kind)
+                    self._repartition()
+                except SizedFailure as exc:
+                    node = self._running_sized
+                    self._fall_back(node, str(exc).split(": ", 1)[-1], "crashed")
+                    self._repartition()
+
+    def _repartition(self) -> None:
+        self.segments = self._partition()
+        self._programs.clear()
+        self._fingerprints.clear()
 
     def _partition(self) -> list[Segment]:
         segments = partition(self.gm.graph, self.eager_nodes, self.sized_nodes - self.eager_nodes)
@@ -145,36 +159,25 @@ class GraphExecutor:
 
     # --- fallback ----------------------------------------------------------------
 
-    def _fall_back(self, node: torch.fx.Node, reason: str) -> None:
-        name = str(node.target)
-        if self.opts.strict:
-            if reason == "no lowering":
-                args = map_args(node.args, {n: n.meta.get("val") for n in node.all_input_nodes})
-                kwargs = map_args(node.kwargs, {n: n.meta.get("val") for n in node.all_input_nodes})
-                reason = unsupported_message(name, args, kwargs, "no lowering")
-            raise UnsupportedOpError(f"{reason}\n(strict mode is on)") from None
-        if name not in _WARNED:
-            _WARNED.add(name)
-            warnings.warn(
-                f"torchtpu: {name} has no XLA lowering here; it runs in eager PyTorch on the "
-                "CPU (counted in torchtpu.metrics()['fallbacks']). Set TORCHTPU_STRICT=1 to "
-                "make this an error.",
-                stacklevel=2,
-            )
+    def _fall_back(self, node: torch.fx.Node, reason: str, kind: str) -> None:
+        op = node_op(node) if node.op == "call_function" else node.target
+        args, kwargs = meta_args(node)
+        # Counted when the node runs (_run_eager), not here.
+        fall_back(op, args, kwargs, reason, kind=kind, opts=self.opts, count=False)
         self.eager_nodes.add(node)
 
     # --- execution ---------------------------------------------------------------
 
     def _run(self, args: list[Any], device: jax.Device, to_torch: bool) -> list[Any]:
+        if self._generation != CACHE.generation:  # clear_program_cache() was called
+            self._programs.clear()
+            self._generation = CACHE.generation
         env: dict[torch.fx.Node, Any] = dict(zip(self.placeholders, args, strict=True))
-        torch_device = next(
-            (a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu")
-        )
         for index, segment in enumerate(self.segments):
             if segment.eager:
                 self._run_eager(segment, env)
             elif segment.sized:
-                _run_sized(segment.nodes[0], env, device)
+                self._run_sized(segment.nodes[0], env, device)
             elif index in self._host_segments:
                 run_nodes(segment.nodes, env, RngStream(None))
             else:
@@ -183,7 +186,7 @@ class GraphExecutor:
         results = map_args(self.output_node.args[0], env)
         if not to_torch:
             return results
-        out = [_to_torch(r, torch_device) for r in results]
+        out = [_to_torch(r, d) for r, d in zip(results, self._out_devices, strict=True)]
         for i in self._complex32_outputs:
             out[i] = out[i].to(torch.complex32)
         for i, node in self._data_dependent_views.items():
@@ -196,27 +199,34 @@ class GraphExecutor:
 
     def _run_eager(self, segment: Segment, env: dict[torch.fx.Node, Any]) -> None:
         (node,) = segment.nodes
-        args = _tree_to_torch(map_args(node.args, env))
-        kwargs = _tree_to_torch(map_args(node.kwargs, env))
         if node.op == "get_attr":
             value: Any = self.gm
             for part in str(node.target).split("."):
                 value = getattr(value, part)
             env[node] = value
             return
-        count_fallback(str(node.target))
+        args = _tree_to_torch(map_args(node.args, env))
+        kwargs = _tree_to_torch(map_args(node.kwargs, env))
+        count_fallback(str(node_op(node)))
         env[node] = node.target(*args, **kwargs)
+
+    def _run_sized(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any], device) -> None:
+        args = _tree_to_device(map_args(node.args, env), device)
+        kwargs = _tree_to_device(map_args(node.kwargs, env), device)
+        self._running_sized = node
+        out = run_sized(node.target, args, kwargs, device, node.meta.get("val"))
+        env[node] = match_meta(out, node.meta.get("val"))
 
     def _run_xla(
         self, index: int, segment: Segment, env: dict[torch.fx.Node, Any], device: jax.Device
     ) -> None:
         values = [env[n] for n in segment.inputs]
-        leaves, treedef, signature = _device_leaves(values, device)
+        leaves, treedef, signature = device_leaves(values, device)
         program = self._programs.get((index, signature))
         if program is None:
             program = self._program_for(index, segment, treedef, leaves, signature, values)
         arrays = [v for v in leaves if isinstance(v, jax.Array)]
-        seed = _next_seed(device) if program.uses_rng else None
+        seed = next_seed(device) if program.uses_rng else None
         for node, value in zip(segment.outputs, program(arrays, seed), strict=True):
             env[node] = value
 
@@ -231,18 +241,22 @@ class GraphExecutor:
     ) -> Program:
         if index not in self._fingerprints:
             self._fingerprints[index] = fingerprint(segment)
-        key = (self._fingerprints[index], signature)
-        program = _PROGRAMS.get(key)
+        key = ("segment", self._fingerprints[index], signature)
+        program = CACHE.get(key)
         if program is not None:
             bump("cache_hits")
         else:
             if any(k[0] == index for k in self._programs):
                 bump("recompiles")
-            start = time.perf_counter()
-            program = build_program(segment, treedef, leaves, self._donated_leaves(segment, values))
-            if self.opts.debug:
-                _log_compile(self.name, segment, time.perf_counter() - start)
-            _PROGRAMS[key] = program
+            program = build_program(
+                segment,
+                treedef,
+                leaves,
+                self._donated_leaves(segment, values),
+                name=self.name,
+                origin=self.origin,
+            )
+            CACHE.put(key, program)
         self._programs[(index, signature)] = program
         return program
 
@@ -256,6 +270,28 @@ class GraphExecutor:
                 donated.append(position)
             position += count
         return donated
+
+    # --- stages --------------------------------------------------------------------
+
+    def lower(self) -> list[tuple[Segment, Any]]:
+        """Each XLA segment of this graph with its program, compiled for the shapes the
+        graph recorded (without running anything): the stages ``torchtpu.stages``
+        prints. A segment whose input sizes depend on data gets ``None``."""
+        out = []
+        with jax_scope():
+            for index, segment in enumerate(self.segments):
+                if segment.eager or segment.sized or index in self._host_segments:
+                    continue
+                values = [n.meta.get("val") for n in segment.inputs]
+                if any(_has_unbacked(v) for v in values):
+                    out.append((segment, None))
+                    continue
+                leaves, treedef, signature = device_leaves(values, None)
+                program = self._programs.get((index, signature)) or self._program_for(
+                    index, segment, treedef, leaves, signature, values
+                )
+                out.append((segment, program))
+        return out
 
 
 _SHAPE_OPS = frozenset(
@@ -276,6 +312,17 @@ def _is_shape_arithmetic(node: torch.fx.Node) -> bool:
         node.target in _SHAPE_OPS
         or (node.target in PYTHON_FUNCTIONS and not isinstance(node.meta.get("val"), torch.Tensor))
     )
+
+
+def _meta_device(node: Any) -> torch.device | None:
+    meta = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return meta.device if isinstance(meta, torch.Tensor) else None
+
+
+def _has_unbacked(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(free_unbacked_symbols(value.shape))
+    return isinstance(value, torch.SymInt | torch.SymFloat | torch.SymBool)
 
 
 def _is_data_dependent_view(node: torch.fx.Node) -> bool:
@@ -305,7 +352,9 @@ def _replay_view(node: torch.fx.Node, env: dict[torch.fx.Node, Any], memo: dict)
         value = env[node]
         if isinstance(value, torch.Tensor):
             value = torch.empty(
-                value.untyped_storage().nbytes() // value.element_size(),
+                value.untyped_storage().nbytes() // value.element_size()
+                if value.device.type != DEVICE_TYPE
+                else value.numel(),
                 dtype=value.dtype,
                 device="meta",
             ).as_strided(value.shape, value.stride(), value.storage_offset())
@@ -338,6 +387,8 @@ class _Lazy(dict):
 
 def _with_view_layout(data: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     """``data`` in a tensor with ``layout``'s size, strides and storage offset."""
+    if data.device.type == DEVICE_TYPE:
+        return data  # tpu tensors are laid out contiguously; AOTAutograd re-views them
     extent = layout.storage_offset() + 1
     extent += sum((n - 1) * st for n, st in zip(layout.shape, layout.stride(), strict=True))
     storage = torch.empty(extent if layout.numel() else 0, dtype=data.dtype, device=data.device)
@@ -347,63 +398,35 @@ def _with_view_layout(data: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     return out
 
 
-_SIZED_PROGRAMS: dict[Any, Any] = {}
-
-
-def _run_sized(node: torch.fx.Node, env: dict[torch.fx.Node, Any], device: jax.Device) -> None:
-    """Run a node whose output size depends on data (see ``torchtpu.lower.sized``):
-    its padded program, one read of the size to the host, then the slice."""
-    lowering = sized_lowering(node)
-    args, kwargs = map_args(node.args, env), map_args(node.kwargs, env)
-    leaves, treedef, signature = _device_leaves((args, kwargs), device)
-    statics = {i: v for i, v in enumerate(leaves) if not isinstance(v, jax.Array)}
-    arrays = [v for v in leaves if isinstance(v, jax.Array)]
-    key = (node.target, signature)
-    program = _SIZED_PROGRAMS.get(key)
-    if program is None:
-
-        def padded(*given: jax.Array) -> Any:
-            it = iter(given)
-            flat = [statics[i] if i in statics else next(it) for i in range(len(leaves))]
-            a, k = jax.tree_util.tree_unflatten(treedef, flat)
-            return lowering.padded(*a, **k)
-
-        try:
-            program = jax.jit(padded).lower(*arrays).compile()
-        except Exception as exc:
-            reason = f"its padded lowering failed with {type(exc).__name__}: {exc}"
-            raise NoLowering(node, unsupported_message(node.target, args, kwargs, reason)) from exc
-        bump("compiles")
-        _SIZED_PROGRAMS[key] = program
-    outputs, size = program(*arrays)
-    bump("size_reads")
-    size = _python_scalar(size, node.meta.get("val"))
-    a, k = jax.tree_util.tree_unflatten(treedef, leaves)
-    env[node] = match_meta(lowering.cut(a, k)(outputs, size), node.meta.get("val"))
-
-
-def _python_scalar(value: jax.Array, meta: Any) -> Any:
-    item = np.asarray(value).item()
-    if isinstance(meta, (torch.SymBool, bool)):
-        return bool(item)
-    if isinstance(meta, (torch.SymFloat, float)):
-        return float(item)
-    return item
-
-
-def _device_leaves(values: Any, device: jax.Device) -> tuple[list[Any], Any, Any]:
+def device_leaves(values: Any, device: jax.Device | None) -> tuple[list[Any], Any, Any]:
     """``values`` flattened, tensors as device arrays, with the signature programs are
-    keyed by: the tree, and each leaf's shape and dtype, or its value if static."""
+    keyed by: the tree, and each leaf's shape and dtype, or its value if static.
+
+    ``device=None`` makes specs instead of arrays (for lowering without running)."""
     leaves, treedef = jax.tree_util.tree_flatten(values)
-    leaves = [to_device(v, device) if isinstance(v, torch.Tensor) else v for v in leaves]
+    leaves = [_leaf(v, device) if isinstance(v, torch.Tensor) else v for v in leaves]
     signature = (
         treedef,
         tuple(
-            (v.shape, v.dtype) if isinstance(v, jax.Array) else ("static", _hashable(v))
+            (v.shape, v.dtype)
+            if isinstance(v, jax.Array | jax.ShapeDtypeStruct)
+            else ("static", _hashable(v))
             for v in leaves
         ),
     )
     return leaves, treedef, signature
+
+
+def _leaf(t: torch.Tensor, device: jax.Device | None) -> Any:
+    if device is None:
+        from torchtpu.lower.dtypes import to_jax_dtype
+
+        return jax.ShapeDtypeStruct(tuple(t.shape), to_jax_dtype(t.dtype))
+    if t.device.type == DEVICE_TYPE:
+        from torchtpu.device.tensor import device_array
+
+        return device_array(t, "compiled_input")
+    return to_device(t, device)
 
 
 def _hashable(value: Any) -> Any:
@@ -414,21 +437,29 @@ def _hashable(value: Any) -> Any:
         return repr(value)
 
 
-def _next_seed(device: jax.Device) -> jax.Array:
-    # Drawn from PyTorch's default generator, so torch.manual_seed decides it.
-    seed = int(torch.randint(0, 2**32 - 1, (), dtype=torch.int64))
-    return jax.device_put(np.uint32(seed), device)
-
-
-def _to_torch(value: Any, torch_device: torch.device) -> Any:
+def _to_torch(value: Any, torch_device: torch.device | None) -> Any:
     if isinstance(value, jax.Array):
+        if torch_device is not None and torch_device.type == DEVICE_TYPE:
+            from torchtpu.device.tensor import from_array
+
+            return from_array(value, to_torch_dtype(value.dtype))
         return from_device(value, torch_device)
+    if (
+        isinstance(value, torch.Tensor)
+        and torch_device is not None
+        and value.device.type != torch_device.type
+    ):
+        return value.to(torch_device)  # an eager fallback's CPU result, on a tpu graph
     return value
 
 
 def _tree_to_torch(value: Any) -> Any:
     if isinstance(value, jax.Array):
         return from_device(value)
+    if isinstance(value, torch.Tensor) and value.device.type == DEVICE_TYPE:
+        from torchtpu.device.tensor import to_cpu
+
+        return to_cpu(value, "fallback")
     if isinstance(value, (list, tuple)):
         return type(value)(_tree_to_torch(v) for v in value)
     if isinstance(value, dict):
@@ -436,14 +467,11 @@ def _tree_to_torch(value: Any) -> Any:
     return value
 
 
-_COMPILE_LOG: list[str] = []
-
-
-def _log_compile(name: str, segment: Segment, seconds: float) -> None:
-    shapes = ", ".join(describe_value(n.meta.get("val")) for n in segment.inputs[:6])
-    _COMPILE_LOG.append(f"{name}: {segment} in {seconds:.2f}s, inputs {shapes}")
-
-
-def compile_log() -> list[str]:
-    """With ``TORCHTPU_DEBUG=1``: one line per XLA compile, saying what and why."""
-    return list(_COMPILE_LOG)
+def _tree_to_device(value: Any, device: jax.Device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return _leaf(value, device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_tree_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _tree_to_device(v, device) for k, v in value.items()}
+    return value

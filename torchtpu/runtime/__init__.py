@@ -5,13 +5,15 @@ persistent compilation cache) is here, so the other stages stay pure.
 """
 
 from torchtpu.runtime.device import default_device, jax_scope, platform_name
-from torchtpu.runtime.transfer import from_device, residency, to_device
+from torchtpu.runtime.transfer import from_device, next_seed, residency, to_device, upload
 
 __all__ = [
     "default_device",
     "from_device",
     "jax_scope",
+    "next_seed",
     "platform_name",
     "residency",
     "to_device",
+    "upload",
 ]

@@ -63,6 +63,11 @@ class Residency:
             return
         entries[key] = (ref, _version(t), t.data_ptr(), array)
 
+    def forget(self, t: torch.Tensor) -> None:
+        """Drop ``t``'s entry (and our weak reference to it, which would stop
+        ``torch.utils.swap_tensors`` from moving it to another device)."""
+        self._entries.pop(id(t), None)
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -70,7 +75,19 @@ class Residency:
 residency = Residency()
 
 
-def _upload(t: torch.Tensor, device: jax.Device) -> jax.Array:
+def upload(t: torch.Tensor, device: jax.Device, copy: bool = False) -> jax.Array:
+    """A device array holding CPU (or CUDA) tensor ``t``'s value, counted as a transfer.
+
+    ``copy=False`` hands the memory over zero-copy where both sides share it,
+    so the array sees later in-place edits of ``t`` (callers track versions);
+    ``copy=True`` always snapshots the value, as ``tensor.to("tpu")`` must.
+    """
+    bump("host_to_device")
+    bump("host_to_device_bytes", t.numel() * t.element_size())
+    return _upload(t, device, copy)
+
+
+def _upload(t: torch.Tensor, device: jax.Device, copy: bool = False) -> jax.Array:
     t = t.detach()
     if t.dtype == torch.complex32:  # held as complex64 (torchtpu.lower.dtypes)
         t = t.to(torch.complex64)
@@ -85,14 +102,15 @@ def _upload(t: torch.Tensor, device: jax.Device) -> jax.Array:
     same_memory = (t.device.type == "cpu" and device.platform == "cpu") or (
         t.device.type == "cuda" and device.platform in {"gpu", "cuda", "rocm"}
     )
-    if same_memory and t.numel() > 0:
+    if same_memory and t.numel() > 0 and not copy:
         try:
             array = jax.dlpack.from_dlpack(t)
             if array.devices() == {device}:
                 return array
         except (TypeError, RuntimeError, BufferError):
             pass
-    return jax.device_put(to_numpy(t), device)
+    host = to_numpy(t.cpu() if t.device.type != "cpu" else t)
+    return jax.device_put(np.array(host, copy=True) if copy else host, device)
 
 
 def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
@@ -109,11 +127,16 @@ def to_device(t: torch.Tensor, device: jax.Device) -> jax.Array:
     if array is not None:
         bump("resident_hits")
         return array
-    array = _upload(t, device)
-    bump("host_to_device")
-    bump("host_to_device_bytes", t.numel() * t.element_size())
+    array = upload(t, device)
     residency.remember(t, array)
     return array
+
+
+def next_seed(device: jax.Device) -> jax.Array:
+    """A seed for a program's random ops, drawn from PyTorch's default generator, so
+    ``torch.manual_seed`` decides every random number torchtpu makes."""
+    seed = int(torch.randint(0, 2**32 - 1, (), dtype=torch.int64))
+    return jax.device_put(np.uint32(seed), device)
 
 
 def from_device(array: jax.Array, like: torch.device | None = None) -> torch.Tensor:

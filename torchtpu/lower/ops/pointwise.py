@@ -24,19 +24,25 @@ def _unary(table: dict, promote: Promote) -> None:
 # --- arithmetic -------------------------------------------------------------
 
 
+def _times(y, alpha):
+    # alpha may be a traced program input (device mode's learning rates), which
+    # cannot answer ``alpha == 1``; only a literal 1 skips the multiply.
+    return y if isinstance(alpha, (bool, int, float)) and alpha == 1 else y * alpha
+
+
 @register(aten.add.Tensor, aten.add.Scalar, promote=DEFAULT, promote_args=BINARY)
 def add(x, y, *, alpha=1):
-    return x + (y if alpha == 1 else y * alpha)
+    return x + _times(y, alpha)
 
 
 @register(aten.sub.Tensor, aten.sub.Scalar, promote=DEFAULT, promote_args=BINARY)
 def sub(x, y, *, alpha=1):
-    return x - (y if alpha == 1 else y * alpha)
+    return x - _times(y, alpha)
 
 
 @register(aten.rsub.Tensor, aten.rsub.Scalar, promote=DEFAULT, promote_args=BINARY)
 def rsub(x, y, *, alpha=1):
-    return y - (x if alpha == 1 else x * alpha)
+    return y - _times(x, alpha)
 
 
 @register(aten.mul.Tensor, aten.mul.Scalar, promote=DEFAULT)
