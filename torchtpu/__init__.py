@@ -22,6 +22,7 @@ from torchtpu.errors import (
 )
 from torchtpu.examine import examine
 from torchtpu.metrics import metrics, report, reset_metrics
+from torchtpu.stages import Stages, stages
 from torchtpu.train import CompiledStep, compile_step
 
 __version__ = "0.1.0"
@@ -49,6 +50,8 @@ __all__ = [
     "reset_metrics",
     "set_device_mode",
     "set_options",
+    "stages",
+    "Stages",
     "sync",
     "tpu_backend",
 ]

@@ -31,8 +31,7 @@ from torch._functorch.aot_autograd import make_boxed_func
 
 from torchtpu.capture.backend import aot_backend
 from torchtpu.errors import describe_value
-from torchtpu.lower.interpreter import node_op
-from torchtpu.lower.registry import lookup
+from torchtpu.lower.interpreter import lowering_status, node_op
 
 LOWERS = "lowers"
 FALLS_BACK = "falls back"
@@ -132,7 +131,7 @@ def examine(model_or_fn: Callable[..., Any], *example_inputs: Any) -> ExamineRep
     torch._dynamo.utils.counters.clear()
     compiled = torch.compile(model_or_fn, backend=backend, dynamic=False)
     outputs = compiled(*example_inputs)
-    _run_backward(model_or_fn, example_inputs, outputs)
+    run_backward(model_or_fn, example_inputs, outputs)
     breaks = [" ".join(str(r).split())[:200] for r in torch._dynamo.utils.counters["graph_break"]]
     return ExamineReport(_op_uses(graphs), [name for name, _ in graphs], breaks)
 
@@ -147,7 +146,8 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _run_backward(model_or_fn: Any, inputs: Sequence[Any], outputs: Any) -> None:
+def run_backward(model_or_fn: Any, inputs: Sequence[Any], outputs: Any) -> None:
+    """Run the backward of the captured graphs once, so AOTAutograd compiles it."""
     params = list(model_or_fn.parameters()) if isinstance(model_or_fn, torch.nn.Module) else []
     wrt = [t for t in params + _tensors(list(inputs)) if t.requires_grad]
     outs = [t for t in _tensors(outputs) if t.requires_grad]
@@ -162,26 +162,31 @@ def _op_uses(graphs: list[tuple[str, torch.fx.GraphModule]]) -> list[OpUse]:
         for node in gm.graph.nodes:
             if node.op != "call_function" or node.target is operator.getitem:
                 continue
-            op = node_op(node)
-            key = str(op)
+            key = str(node_op(node))
+            status, reason = _status(node)
             if key not in uses:
-                status = LOWERS if _lowers(op) else FALLS_BACK
-                uses[key] = OpUse(key, status, 0, [], _example(node))
+                uses[key] = OpUse(key, status, 0, [], _example(node, reason))
             use = uses[key]
+            if status == FALLS_BACK and use.status == LOWERS:
+                # Lowered for some calls, refused for this one (its supports= check).
+                use.status, use.example = FALLS_BACK, _example(node, reason)
             use.count += 1
             if name not in use.graphs:
                 use.graphs.append(name)
     return sorted(uses.values(), key=lambda u: (u.status != FALLS_BACK, u.op))
 
 
-def _lowers(target: Any) -> bool:
+def _status(node: torch.fx.Node) -> tuple[str, str]:
+    """What the backend would decide for this node, before tracing anything: the
+    registry, and the lowering's ``supports=`` check of these arguments."""
     try:
-        return lookup(target) is not None
+        status, reason = lowering_status(node)
     except TypeError:  # an unhashable target can have no lowering
-        return False
+        return FALLS_BACK, "no lowering"
+    return (LOWERS, "") if status == "lowers" else (FALLS_BACK, reason)
 
 
-def _example(node: torch.fx.Node) -> str:
+def _example(node: torch.fx.Node, reason: str = "") -> str:
     def meta(value: Any) -> Any:
         if isinstance(value, torch.fx.Node):
             return value.meta.get("val", value.name)
@@ -191,7 +196,8 @@ def _example(node: torch.fx.Node) -> str:
 
     args = [describe_value(meta(a)) for a in node.args]
     args += [f"{k}={describe_value(meta(v))}" for k, v in node.kwargs.items()]
-    return f"({', '.join(args)})"
+    call = f"({', '.join(args)})"
+    return f"{call}: {reason}" if reason else call
 
 
 def _load(spec: str) -> tuple[Any, tuple[Any, ...]]:

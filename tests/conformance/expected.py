@@ -208,6 +208,15 @@ TABLE: list[Entry] = [
         for op in ("addbmm", "baddbmm")
     ),
     # --- bfloat16 rounding in eager --------------------------------------------------------------
+    tolerance(
+        "nn.functional.conv_transpose1d",
+        "eager's bfloat16 kernel on a CPU without AVX-512 BF16 rounds its accumulation; against "
+        "a float32 reference on the same inputs (first 8 samples, AMD EPYC with AVX2 only) "
+        "torchtpu's largest error is 0.21 and eager's 0.29, so they differ by up to 0.5",
+        atol=0.5,
+        rtol=0.1,
+        dtypes=("bfloat16",),
+    ),
     *(
         tolerance(
             op,

@@ -53,7 +53,7 @@ def test_bf16_true_keeps_bf16_weights_on_device(stochastic_rounding):
     model, step = _model_and_step("bf16-true", stochastic_rounding)
     x, y = torch.randn(16, 8), torch.randn(16, 1)
     assert step(x, y).dtype == torch.bfloat16
-    assert step._device[("param", 0)].dtype.name == "bfloat16"
+    assert step.store.get(("param", 0)).dtype.name == "bfloat16"
     step(x, y)
     step.sync()
     # Written back into the fp32 model: values are bf16-representable.

@@ -187,27 +187,95 @@ def programs() -> list[Program]:
 # --- building -------------------------------------------------------------------------
 
 
-def compile_function(
+class Lowered:
+    """A program traced and lowered to StableHLO, not yet compiled: the stage
+    ``torchtpu.stages`` can stop at. :meth:`compile` makes the :class:`Program`."""
+
+    def __init__(
+        self,
+        name: str,
+        origin: str,
+        lowered: Any,
+        specs: Sequence[Any],
+        uses_rng: bool,
+        n_ops: int,
+        out_info: Callable[[], tuple[Any, dict[int, Any]]] | None,
+        trace_seconds: float,
+    ) -> None:
+        self.name = name
+        self.origin = origin
+        self.lowered = lowered
+        self.specs = list(specs)
+        self.uses_rng = uses_rng
+        self.n_ops = n_ops
+        self.out_info = out_info
+        self.trace_seconds = trace_seconds
+
+    def __repr__(self) -> str:
+        return f"Lowered({self.name}: {self.n_ops} ops, built at {self.origin})"
+
+    def as_text(self) -> str:
+        """The program as StableHLO text."""
+        return self.lowered.as_text()
+
+    def compile(self) -> Program:
+        """Compile with torchtpu's compiler options."""
+        start = time.perf_counter()
+        try:
+            compiled = self.lowered.compile(compiler_options=compiler_options())
+        except Exception as exc:  # XLA reports compile failures with several exception types
+            raise _compile_error(self.name, self.origin, self.specs, exc) from exc
+        seconds = time.perf_counter() - start
+        bump("compile_seconds", seconds)
+        bump("compiles")
+        if self.out_info is not None:
+            treedef, static_outputs = self.out_info()
+            n_outputs = treedef.num_leaves
+        else:
+            # fn's own result structure: the compiled program returns it as it is.
+            treedef, static_outputs = None, {}
+            n_outputs = compiled.out_tree.num_leaves
+        program = Program(
+            self.name,
+            self.origin,
+            self.lowered,
+            compiled,
+            self.specs,
+            static_outputs,
+            treedef,
+            n_outputs,
+            self.uses_rng,
+            self.n_ops,
+            self.trace_seconds + seconds,
+        )
+        _log_compile(program)
+        return program
+
+
+def lower_function(
     fn: Callable[..., Any],
     specs: Sequence[jax.ShapeDtypeStruct],
     *,
     name: str,
     origin: str,
     uses_rng: bool = False,
+    seed_shape: tuple[int, ...] = (),
     donate: Sequence[int] = (),
     n_ops: int = 0,
     out_info: Callable[[], tuple[Any, dict[int, Any]]] | None = None,
-) -> Program:
-    """Lower and compile ``fn`` (a function of JAX arrays) for ``specs``.
+) -> Lowered:
+    """Trace ``fn`` (a function of JAX arrays) for ``specs`` and lower it to StableHLO.
 
-    ``uses_rng``: ``fn``'s first argument is a uint32 seed (not in ``specs``).
+    ``uses_rng``: ``fn``'s first argument is a uint32 seed of ``seed_shape`` (not
+    in ``specs``): a scalar, or one seed per random op (device mode).
     ``donate``: positions in ``specs`` whose buffers XLA may reuse for outputs.
     ``out_info``: called after tracing, gives the output treedef and the outputs
-    that are Python values rather than arrays; by default ``fn`` returns a flat list.
+    that are Python values rather than arrays; by default the compiled program
+    returns ``fn``'s result structure.
     """
     all_specs = list(specs)
     if uses_rng:
-        all_specs.insert(0, jax.ShapeDtypeStruct((), jnp.uint32))
+        all_specs.insert(0, jax.ShapeDtypeStruct(seed_shape, jnp.uint32))
     offset = 1 if uses_rng else 0
     donate_argnums = tuple(i + offset for i in donate)
     start = time.perf_counter()
@@ -215,40 +283,17 @@ def compile_function(
         # Donation is an offer: XLA reuses the buffers it can and says so for the rest.
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*all_specs)
-    traced_at = time.perf_counter()
-    try:
-        compiled = lowered.compile(compiler_options=compiler_options())
-    except Exception as exc:  # XLA reports compile failures with several exception types
-        raise _compile_error(name, origin, specs, exc) from exc
-    done = time.perf_counter()
-    bump("trace_seconds", traced_at - start)
-    bump("compile_seconds", done - traced_at)
-    bump("compiles")
-    if out_info is not None:
-        treedef, static_outputs = out_info()
-        n_outputs = treedef.num_leaves
-    else:
-        # fn's own result structure: the compiled program returns it as it is.
-        treedef, static_outputs = None, {}
-        n_outputs = compiled.out_tree.num_leaves
-    program = Program(
-        name,
-        origin,
-        lowered,
-        compiled,
-        specs,
-        static_outputs,
-        treedef,
-        n_outputs,
-        uses_rng,
-        n_ops,
-        done - start,
-    )
-    _log_compile(program)
-    return program
+    seconds = time.perf_counter() - start
+    bump("trace_seconds", seconds)
+    return Lowered(name, origin, lowered, specs, uses_rng, n_ops, out_info, seconds)
 
 
-def build_program(
+def compile_function(fn: Callable[..., Any], specs: Sequence[Any], **kwargs: Any) -> Program:
+    """:func:`lower_function`, then compile: the one way a program is made."""
+    return lower_function(fn, specs, **kwargs).compile()
+
+
+def lower_segment(
     segment: Segment,
     treedef: Any,
     leaves: Sequence[Any],
@@ -256,8 +301,9 @@ def build_program(
     *,
     name: str = "graph",
     origin: str | None = None,
+    seed_shape: tuple[int, ...] = (),
 ) -> Program:
-    """Trace ``segment`` with JAX for these inputs, lower it and compile it.
+    """Trace ``segment`` with JAX for these inputs and lower it.
 
     The segment's inputs are ``treedef`` unflattened over ``leaves``: a device
     array (or ``jax.ShapeDtypeStruct``) for each array and the Python value
@@ -275,8 +321,7 @@ def build_program(
         it = iter(arrays)
         flat_in = [static[i] if i in static else next(it) for i in range(len(leaves))]
         env = dict(zip(segment.inputs, jax.tree_util.tree_unflatten(treedef, flat_in), strict=True))
-        key = jax.random.key(seed) if uses_rng else None
-        run_nodes(segment.nodes, env, RngStream(key))
+        run_nodes(segment.nodes, env, RngStream(seed))
         flat, out_treedef = jax.tree_util.tree_flatten([env[n] for n in segment.outputs])
         out_treedefs.append(out_treedef)
         static_outputs.clear()
@@ -293,16 +338,22 @@ def build_program(
         for i in array_pos
     ]
     donated = [array_pos.index(i) for i in donate if i in array_pos]
-    return compile_function(
+    return lower_function(
         program,
         specs,
         name=name,
         origin=origin or segment_origin(segment),
         uses_rng=uses_rng,
+        seed_shape=seed_shape,
         donate=donated,
         n_ops=len(segment.nodes),
         out_info=lambda: (out_treedefs[-1], dict(static_outputs)),
     )
+
+
+def build_program(*args: Any, **kwargs: Any) -> Program:
+    """:func:`lower_segment`, then compile."""
+    return lower_segment(*args, **kwargs).compile()
 
 
 def _weak(leaf: Any) -> bool:
@@ -444,6 +495,9 @@ __all__ = [
     "clear_program_cache",
     "compile_function",
     "compile_log",
+    "Lowered",
+    "lower_function",
+    "lower_segment",
     "compiler_options",
     "fingerprint",
     "programs",

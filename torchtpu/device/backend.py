@@ -32,6 +32,7 @@ import torch
 
 from torchtpu.device import amp, lazy
 from torchtpu.device.tensor import DEVICE_TYPE, is_tpu, kernel, to_cpu
+from torchtpu.runtime import tpu_generator
 
 _LIBRARIES: list[torch.library.Library] = []
 log = logging.getLogger("torchtpu")
@@ -40,8 +41,27 @@ log = logging.getLogger("torchtpu")
 _GENERIC = {"aten::detach", "aten::alias"}
 
 
+class _DeviceContext:
+    """``torch.tpu.device(i)``: selects device ``i`` for a block (there is one, ``tpu:0``)."""
+
+    def __init__(self, device: Any) -> None:
+        index = device.index if isinstance(device, torch.device) else device
+        if index not in (None, 0, -1):
+            raise ValueError(f"torch.{DEVICE_TYPE}.device({device!r}): only {DEVICE_TYPE}:0 exists")
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 class TPUModule:
     """``torch.tpu``: the device module PyTorch looks up for the ``tpu`` device."""
+
+    # Read by torch.utils.checkpoint: an initialised device has RNG state to preserve.
+    _initialized = True
+    device = _DeviceContext
 
     @staticmethod
     def is_available() -> bool:
@@ -69,11 +89,37 @@ class TPUModule:
 
     @staticmethod
     def manual_seed(seed: int) -> None:
-        # Device-side randomness is drawn from PyTorch's default generator, so
-        # torch.manual_seed already decides it.
-        pass
+        """Seed the tpu device's generator (``torch.manual_seed`` calls this too)."""
+        tpu_generator().manual_seed(int(seed))
 
     manual_seed_all = manual_seed
+
+    @staticmethod
+    def seed() -> None:
+        tpu_generator().seed()
+
+    seed_all = seed
+
+    @staticmethod
+    def initial_seed() -> int:
+        return tpu_generator().initial_seed()
+
+    @staticmethod
+    def get_rng_state(device: Any = None) -> torch.Tensor:
+        """The device generator's state, a CPU ByteTensor (as ``torch.cuda`` gives)."""
+        return tpu_generator().get_state()
+
+    @staticmethod
+    def set_rng_state(state: torch.Tensor, device: Any = None) -> None:
+        tpu_generator().set_state(state)
+
+    @staticmethod
+    def get_rng_state_all() -> list[torch.Tensor]:
+        return [tpu_generator().get_state()]
+
+    @staticmethod
+    def set_rng_state_all(states: list[torch.Tensor]) -> None:
+        tpu_generator().set_state(states[0])
 
     @staticmethod
     def synchronize(device: Any = None) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import torch
 import torch.fx
 
@@ -44,7 +45,7 @@ from torchtpu.errors import user_site
 from torchtpu.lower.dtypes import to_jax_dtype
 from torchtpu.lower.interpreter import RngStream, apply
 from torchtpu.metrics import _COUNTERS, bump
-from torchtpu.runtime import jax_scope, next_seed
+from torchtpu.runtime import draw_seed, jax_scope, tpu_generator
 
 
 class Value:
@@ -112,7 +113,7 @@ class Recipe:
         refuses them raises here, and the op takes another road."""
         with jax_scope():
             shapes = jax.eval_shape(
-                lambda *xs: self.compute(xs, RngStream(jax.random.key(0))), *self.specs
+                lambda *xs: self.compute(xs, RngStream(jnp.uint32(0))), *self.specs
             )
         got = [tuple(s.shape) for s in shapes]
         if got != [shape for shape, _ in self.outputs]:
@@ -192,7 +193,7 @@ class Graph:
         self.nodes: list[tuple[Recipe, tuple[int, ...], int]] = []
         self.keys: list[tuple[int, tuple[int, ...]]] = []
         self.values: list[weakref.ref] = []
-        self.uses_rng = False
+        self.seeds: list[int] = []  # one per random op, drawn when it was recorded
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -294,11 +295,21 @@ def current_graph() -> Graph:
     return _GRAPH
 
 
-def record(recipe: Recipe, values: Sequence[Value], scalars: Sequence[Any]) -> list[Value]:
-    """Record ``recipe`` on ``values`` and dynamic ``scalars``; return its pending results."""
+def record(
+    recipe: Recipe,
+    values: Sequence[Value],
+    scalars: Sequence[Any],
+    generator: torch.Generator | None = None,
+) -> list[Value]:
+    """Record ``recipe`` on ``values`` and dynamic ``scalars``; return its pending results.
+
+    A random op draws its seed now, from ``generator`` or the tpu device's, as
+    eager PyTorch draws from its generator at each call: a restored generator
+    state (``fork_rng``, activation checkpointing) replays the same numbers."""
     opts = options()
+    seed = draw_seed(generator or tpu_generator()) if recipe.lowering.rng else None
     if opts.eager or opts.blocking:
-        return _run_eagerly(recipe, values, scalars, opts.blocking)
+        return _run_eagerly(recipe, values, scalars, seed, opts.blocking)
     graph = _GRAPH
     refs = []
     for v in values:
@@ -317,32 +328,38 @@ def record(recipe: Recipe, values: Sequence[Value], scalars: Sequence[Any]) -> l
         outs.append(out)
     graph.nodes.append((recipe, refs_t, first))
     graph.keys.append((recipe.uid, refs_t))
-    if recipe.lowering.rng:
-        graph.uses_rng = True
+    if seed is not None:
+        graph.seeds.append(seed)
     if len(graph.nodes) >= opts.max_graph_ops:
         sync("graph_size")
     return outs
 
 
 def _run_eagerly(
-    recipe: Recipe, values: Sequence[Value], scalars: Sequence[Any], blocking: bool
+    recipe: Recipe,
+    values: Sequence[Value],
+    scalars: Sequence[Any],
+    seed: int | None,
+    blocking: bool,
 ) -> list[Value]:
     """Strict eager mode: run this op alone, asynchronously, as its own program."""
     for v in values:
         if v.array is None:  # recorded before the mode changed
             sync("explicit")
     ins = [v.array for v in values] + list(scalars)
-    with jax_scope() as device:
+    with jax_scope():
         key = ("op", recipe.uid)
         program = CACHE.get(key)
         if program is None:
             graph = Graph()
             refs = tuple(graph.add_input(x) for x in ins)
             graph.nodes.append((recipe, refs, 0))
+            if seed is not None:
+                graph.seeds.append(seed)
             program = _build(graph, list(range(len(recipe.outputs))), (), "eager op")
             CACHE.put(key, program)
-        seed = next_seed(device) if program.uses_rng else None
-        arrays = program(ins, seed)
+        seeds = np.asarray([seed], np.uint32) if seed is not None else None
+        arrays = program(ins, seeds)
         if blocking:
             jax.block_until_ready(arrays)
     bump("eager_ops")
@@ -377,8 +394,8 @@ def sync(reason: str = "explicit") -> None:
     if not live:
         return
     donate = _donatable(graph.inputs, live)
-    key = ("fused", tuple(graph.keys), tuple(slots), graph.uses_rng, donate)
-    with jax_scope() as device:
+    key = ("fused", tuple(graph.keys), tuple(slots), donate)
+    with jax_scope():
         program = CACHE.get(key)
         if program is None:
             program = _build(graph, slots, donate, reason)
@@ -386,11 +403,11 @@ def sync(reason: str = "explicit") -> None:
             bump("fused_compiles")
         else:
             bump("fused_cache_hits")
-        seed = next_seed(device) if program.uses_rng else None
+        seeds = np.asarray(graph.seeds, np.uint32) if graph.seeds else None
         inputs = graph.inputs
         graph.inputs = []  # so the donated buffers die with the call
         graph._input_ids.clear()
-        arrays = program(inputs, seed)
+        arrays = program(inputs, seeds)
         del inputs
     bump("fused_runs")
     bump("fused_ops", len(graph.nodes))
@@ -431,6 +448,7 @@ def _build(graph: Graph, out_slots: Sequence[int], donate: Sequence[int], reason
         donate,
         name="device mode",
         origin=site,
+        seed_shape=(len(graph.seeds),),
     )
 
 

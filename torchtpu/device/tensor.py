@@ -316,9 +316,8 @@ def _encode(a: Any, vals: list, scalars: list, dyn: bool, func: Any) -> Any:
         )
     if isinstance(a, torch.Generator):
         raise RuntimeError(
-            f"{func}: an explicit generator= is not supported on the {DEVICE_TYPE} device "
-            f"(got {a!r}). Random ops on {DEVICE_TYPE} draw their seed from PyTorch's default "
-            "generator: seed it with torch.manual_seed, or pass generator=None."
+            f"{func}: got a torch.Generator where torchtpu expects none ({a!r}); random ops "
+            "take it as the keyword generator=."
         )
     return a
 
@@ -472,10 +471,14 @@ def _decomposition_or_fallback(func: Any, reason: str) -> Any:
 
 
 def _functional(func: Any, args: tuple, kwargs: dict) -> Any:
-    recipe, vals, scalars = _lookup(func, args, kwargs)
+    generator = kwargs.get("generator")
+    if generator is not None:  # a random op: it draws its seed from this generator
+        recipe, vals, scalars = _lookup(func, args, _without_generator(kwargs))
+    else:
+        recipe, vals, scalars = _lookup(func, args, kwargs)
     kind = type(recipe)
     if kind is Recipe:
-        return _rebuild(recipe.structure, lazy.record(recipe, vals, scalars))
+        return _rebuild(recipe.structure, lazy.record(recipe, vals, scalars, generator))
     if kind is _Decomposed:
         return recipe.fn(*_wrap_values(args), **_wrap_values(kwargs))
     if kind is _Sized:
@@ -483,11 +486,20 @@ def _functional(func: Any, args: tuple, kwargs: dict) -> Any:
     return _fallback(func, args, kwargs, reason=recipe.reason)
 
 
+def _without_generator(kwargs: dict) -> dict:
+    # The seed is drawn from the generator when the op is recorded; the op itself
+    # is recorded (and keyed) with generator=None.
+    return {**kwargs, "generator": None}
+
+
 def _values(func: Any, args: tuple, kwargs: dict) -> list[Value]:
     """The flat tensor results of ``func``, as values (for internal steps)."""
-    recipe, vals, scalars = _lookup(func, args, kwargs)
+    generator = kwargs.get("generator")
+    recipe, vals, scalars = _lookup(
+        func, args, _without_generator(kwargs) if generator is not None else kwargs
+    )
     if type(recipe) is Recipe:
-        return lazy.record(recipe, vals, scalars)
+        return lazy.record(recipe, vals, scalars, generator)
     out = _functional(func, _wrap_values(args), _wrap_values(kwargs))
     return [read(t) for t in _flat_tensors(out)]
 

@@ -42,16 +42,23 @@ class NoLowering(LoweringUnsupported):
 
 
 class RngStream:
-    """Hands each random op its own key, folded from the program's key input."""
+    """Hands each random op its own key.
 
-    def __init__(self, key: jax.Array | None) -> None:
-        self._key = key
+    A program's seed input is a scalar (one seed per run: each random op folds
+    its own index into it) or a vector (device mode: one seed per random op,
+    drawn when the op was recorded, as eager PyTorch draws at each call)."""
+
+    def __init__(self, seed: jax.Array | None) -> None:
+        self._seed = seed
+        self._key = jax.random.key(seed) if seed is not None and seed.ndim == 0 else None
         self._count = 0
 
     def next(self) -> jax.Array:
-        if self._key is None:
+        if self._seed is None:
             raise LoweringUnsupported("random op in a program compiled without an RNG key")
         self._count += 1
+        if self._key is None:
+            return jax.random.key(self._seed[self._count - 1])
         return jax.random.fold_in(self._key, self._count)
 
 
@@ -246,6 +253,12 @@ def apply(lowering: Lowering, args: tuple, kwargs: dict, rng: RngStream) -> Any:
             for i, a in enumerate(args)
         )
     if lowering.rng:
+        if kwargs.get("generator") is not None:
+            raise LoweringUnsupported(
+                "an explicit generator= inside a compiled program: its random numbers come "
+                "from the program's seed, drawn from the device's generator (seed it with "
+                "torch.manual_seed); the op runs in eager PyTorch to honour this generator"
+            )
         kwargs = {**kwargs, "key": rng.next()}
     out = lowering.fn(*args, **kwargs)
     if result_dtype is not None and is_array(out):

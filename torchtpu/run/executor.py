@@ -25,7 +25,7 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from torchtpu.compile.fallback import fall_back
 from torchtpu.compile.partition import Segment, partition
-from torchtpu.compile.program import CACHE, Program, build_program, fingerprint
+from torchtpu.compile.program import CACHE, Program, build_program, fingerprint, lower_segment
 from torchtpu.compile.sized import SizedFailure, run_sized
 from torchtpu.config import Options, options
 from torchtpu.lower.dtypes import to_torch_dtype
@@ -42,7 +42,7 @@ from torchtpu.lower.interpreter import (
     run_nodes,
 )
 from torchtpu.metrics import bump, count_fallback
-from torchtpu.runtime import from_device, jax_scope, next_seed, to_device
+from torchtpu.runtime import from_device, jax_scope, next_seed, to_device, tpu_generator
 
 DEVICE_TYPE = "tpu"
 
@@ -80,6 +80,13 @@ class GraphExecutor:
         self.sized_nodes = {n for n in gm.graph.nodes if n.op == "call_function" and is_sized(n)}
         outputs = self.output_node.args[0]
         self._out_devices = [_meta_device(n) for n in outputs]
+        # A graph on tpu tensors draws its seeds from the device's generator, as CUDA
+        # graphs draw from CUDA's; a graph on CPU tensors from PyTorch's default one.
+        on_tpu = any(
+            d is not None and d.type == DEVICE_TYPE
+            for d in [_meta_device(n) for n in self.placeholders] + self._out_devices
+        )
+        self._generator = tpu_generator() if on_tpu else None
         self._complex32_outputs = [
             i
             for i, n in enumerate(outputs)
@@ -226,7 +233,7 @@ class GraphExecutor:
         if program is None:
             program = self._program_for(index, segment, treedef, leaves, signature, values)
         arrays = [v for v in leaves if isinstance(v, jax.Array)]
-        seed = next_seed(device) if program.uses_rng else None
+        seed = next_seed(device, self._generator) if program.uses_rng else None
         for node, value in zip(segment.outputs, program(arrays, seed), strict=True):
             env[node] = value
 
@@ -273,20 +280,51 @@ class GraphExecutor:
 
     # --- stages --------------------------------------------------------------------
 
+    def _recorded_segments(self) -> list[tuple[int, Segment, Any]]:
+        """Each XLA segment with its inputs as the graph recorded them (specs, not
+        arrays); ``None`` for one whose input sizes depend on data."""
+        out = []
+        for index, segment in enumerate(self.segments):
+            if segment.eager or segment.sized or index in self._host_segments:
+                continue
+            values = [n.meta.get("val") for n in segment.inputs]
+            if any(_has_unbacked(v) for v in values):
+                out.append((index, segment, None))
+            else:
+                out.append((index, segment, (values, *device_leaves(values, None))))
+        return out
+
     def lower(self) -> list[tuple[Segment, Any]]:
-        """Each XLA segment of this graph with its program, compiled for the shapes the
-        graph recorded (without running anything): the stages ``torchtpu.stages``
-        prints. A segment whose input sizes depend on data gets ``None``."""
+        """Each XLA segment with its StableHLO (a :class:`~torchtpu.compile.program.Lowered`)
+        for the shapes the graph recorded, compiling and running nothing."""
         out = []
         with jax_scope():
-            for index, segment in enumerate(self.segments):
-                if segment.eager or segment.sized or index in self._host_segments:
-                    continue
-                values = [n.meta.get("val") for n in segment.inputs]
-                if any(_has_unbacked(v) for v in values):
+            for _, segment, recorded in self._recorded_segments():
+                if recorded is None:
                     out.append((segment, None))
                     continue
-                leaves, treedef, signature = device_leaves(values, None)
+                values, leaves, treedef, _ = recorded
+                lowered = lower_segment(
+                    segment,
+                    treedef,
+                    leaves,
+                    self._donated_leaves(segment, values),
+                    name=self.name,
+                    origin=self.origin,
+                )
+                out.append((segment, lowered))
+        return out
+
+    def compile(self) -> list[tuple[Segment, Program | None]]:
+        """Each XLA segment with its program for the recorded shapes (from the cache, or
+        compiled now), running nothing."""
+        out = []
+        with jax_scope():
+            for index, segment, recorded in self._recorded_segments():
+                if recorded is None:
+                    out.append((segment, None))
+                    continue
+                values, leaves, treedef, signature = recorded
                 program = self._programs.get((index, signature)) or self._program_for(
                     index, segment, treedef, leaves, signature, values
                 )

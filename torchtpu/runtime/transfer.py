@@ -132,13 +132,6 @@ def to_device(t: torch.Tensor, device: jax.Device) -> jax.Array:
     return array
 
 
-def next_seed(device: jax.Device) -> jax.Array:
-    """A seed for a program's random ops, drawn from PyTorch's default generator, so
-    ``torch.manual_seed`` decides every random number torchtpu makes."""
-    seed = int(torch.randint(0, 2**32 - 1, (), dtype=torch.int64))
-    return jax.device_put(np.uint32(seed), device)
-
-
 def from_device(array: jax.Array, like: torch.device | None = None) -> torch.Tensor:
     """A torch tensor holding ``array``: zero-copy when the memory is shared.
 

@@ -20,12 +20,13 @@ import torch
 
 
 @contextlib.contextmanager
-def autocast_forward(models: list[torch.nn.Module]) -> Iterator[None]:
-    """Run each root model's forward under bf16 autocast while tracing."""
+def autocast_forward(models: list[torch.nn.Module], device_type: str = "cpu") -> Iterator[None]:
+    """Run each root model's forward under bf16 autocast (for ``device_type``, the
+    device the traced tensors are on) while tracing."""
     contexts: list[contextlib.AbstractContextManager] = []
 
     def enter(module, args):
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        ctx = torch.autocast(device_type, dtype=torch.bfloat16)
         ctx.__enter__()
         contexts.append(ctx)
 
@@ -51,7 +52,7 @@ def stochastic_round_to_bf16(x: torch.Tensor) -> torch.Tensor:
     rounds up with probability equal to the dropped fraction.
     """
     bits = x.float().contiguous().view(torch.int32)
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32)
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)
     rounded = (bits + noise) & -65536  # 0xFFFF0000: keep sign, exponent, 7 mantissa bits
     return rounded.view(torch.float32).to(torch.bfloat16)
 

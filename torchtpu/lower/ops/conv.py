@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from torchtpu.errors import LoweringUnsupported
-from torchtpu.lower.ops._util import accum_dtype, aten, is_float
+from torchtpu.lower.ops._util import LOW_PRECISION, accum_dtype, aten, is_float
 from torchtpu.lower.registry import register
 
 _SPATIAL = {1: "H", 2: "HW", 3: "DHW"}
@@ -35,6 +34,10 @@ def _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, gro
     stride, padding = _expand(stride, n), _expand(padding, n)
     dilation, output_padding = _expand(dilation, n), _expand(output_padding, n)
     precision = lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    # bfloat16 and float16 products accumulate in float32 and the bias is added
+    # there, rounding once at the end as PyTorch's kernels do; the inputs stay
+    # low precision so TPU and GPU matrix units run at their bf16 rate.
+    acc = jnp.float32 if x.dtype in LOW_PRECISION else None
     if not transposed:
         out = lax.conv_general_dilated(
             x,
@@ -45,6 +48,7 @@ def _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, gro
             dimension_numbers=_dims(n),
             feature_group_count=groups,
             precision=precision,
+            preferred_element_type=acc,
         )
     else:
         cin, cout_g, *k = w.shape
@@ -65,9 +69,11 @@ def _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, gro
             dimension_numbers=_dims(n),
             feature_group_count=groups,
             precision=precision,
+            preferred_element_type=acc,
         )
     if bias is not None:
         out = out + bias.reshape((1, -1) + (1,) * n)
+    out = out.astype(x.dtype)
     return out[0] if unbatched else out
 
 
@@ -203,13 +209,13 @@ def _scatter_plane(grad, x, indices, n):
 def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
     n = len(kernel)
     window, strides, dil, pads = _pool_args(x, kernel, stride, padding, [1] * n, ceil_mode)
-    acc = accum_dtype(x)
+    acc = x.dtype
     # A Python zero, so JAX sees a windowed sum it can differentiate (an array
     # init value makes it a generic reduce_window, which it cannot).
     zero = 0.0 if jnp.issubdtype(acc, jnp.inexact) else 0
-    total = lax.reduce_window(x.astype(acc), zero, lax.add, window, strides, pads)
+    total = lax.reduce_window(x, zero, lax.add, window, strides, pads)
     if divisor_override:
-        return (total / divisor_override).astype(x.dtype)
+        return total / divisor_override
     if count_include_pad:
         # Padding counts, but the ceil_mode overhang beyond it does not.
         ones = jnp.ones(x.shape[-n:], acc)
@@ -226,10 +232,10 @@ def _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_
             strides[-n:],
             pads[-n:],
         )
-    return (total / count).astype(x.dtype)
+    return total / count
 
 
-@register(aten.avg_pool2d.default, aten.avg_pool3d.default)
+@register(aten.avg_pool2d.default, aten.avg_pool3d.default, accumulate=True)
 def avg_pool(
     x,
     kernel_size,
@@ -245,7 +251,7 @@ def avg_pool(
     return _avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
-@register(aten.avg_pool2d_backward.default, aten.avg_pool3d_backward.default)
+@register(aten.avg_pool2d_backward.default, aten.avg_pool3d_backward.default, accumulate=True)
 def avg_pool_backward(
     grad, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
 ):
@@ -258,36 +264,33 @@ def avg_pool_backward(
     return vjp(grad)[0]
 
 
-@register(aten._adaptive_avg_pool2d.default)
+@register(aten._adaptive_avg_pool2d.default, accumulate=True)
 def adaptive_avg_pool2d(x, output_size):
     h, w = x.shape[-2:]
     oh, ow = output_size
     if h % oh == 0 and w % ow == 0:
-        shaped = x.reshape(*x.shape[:-2], oh, h // oh, ow, w // ow).astype(accum_dtype(x))
-        return jnp.mean(shaped, axis=(-3, -1)).astype(x.dtype)
+        shaped = x.reshape(*x.shape[:-2], oh, h // oh, ow, w // ow)
+        return jnp.mean(shaped, axis=(-3, -1))
     rows = [_adaptive_range(i, h, oh) for i in range(oh)]
     cols = [_adaptive_range(j, w, ow) for j in range(ow)]
     out = jnp.stack(
         [
             jnp.stack(
-                [
-                    jnp.mean(x[..., r0:r1, c0:c1].astype(accum_dtype(x)), axis=(-2, -1))
-                    for c0, c1 in cols
-                ],
+                [jnp.mean(x[..., r0:r1, c0:c1], axis=(-2, -1)) for c0, c1 in cols],
                 axis=-1,
             )
             for r0, r1 in rows
         ],
         axis=-2,
     )
-    return out.astype(x.dtype)
+    return out
 
 
 def _adaptive_range(i, size, out):
     return (i * size) // out, -(-((i + 1) * size) // out)
 
 
-@register(aten._adaptive_avg_pool2d_backward.default)
+@register(aten._adaptive_avg_pool2d_backward.default, accumulate=True)
 def adaptive_avg_pool2d_backward(grad, x):
     _, vjp = jax.vjp(lambda x_: adaptive_avg_pool2d(x_, grad.shape[-2:]), x)
     return vjp(grad)[0]
@@ -304,21 +307,21 @@ def _adaptive_matrix(size, out):
 
 def _adaptive_avg_pool(x, output_size):
     n = len(output_size)
-    out = x.astype(accum_dtype(x))
+    out = x
     for k, size in enumerate(output_size):
         axis = x.ndim - n + k
         w = jnp.asarray(_adaptive_matrix(x.shape[axis], int(size)), out.dtype)
         moved = jnp.moveaxis(out, axis, -1)
         out = jnp.moveaxis(jnp.matmul(moved, w.T, precision=lax.Precision.HIGHEST), -1, axis)
-    return out.astype(x.dtype)
+    return out
 
 
-@register(aten._adaptive_avg_pool3d.default)
+@register(aten._adaptive_avg_pool3d.default, accumulate=True)
 def adaptive_avg_pool3d(x, output_size):
     return _adaptive_avg_pool(x, output_size)
 
 
-@register(aten._adaptive_avg_pool3d_backward.default)
+@register(aten._adaptive_avg_pool3d_backward.default, accumulate=True)
 def adaptive_avg_pool3d_backward(grad, x):
     _, vjp = jax.vjp(lambda x_: _adaptive_avg_pool(x_, grad.shape[-3:]), x)
     return vjp(grad)[0]
@@ -460,28 +463,36 @@ def _aa_weights(size, out, scale):
 
 
 def _upsample_aa(x, output_size, scales):
-    out = x.astype(accum_dtype(x))
+    out = x
     for k, (size, scale) in enumerate(zip(output_size, scales, strict=True)):
         axis = x.ndim - 2 + k
         w = jnp.asarray(_aa_weights(x.shape[axis], int(size), scale), out.dtype)
         moved = jnp.moveaxis(out, axis, -1)
         out = jnp.moveaxis(jnp.matmul(moved, w.T, precision=lax.Precision.HIGHEST), -1, axis)
-    return out.astype(x.dtype)
+    return out
 
 
-@register(aten._upsample_bilinear2d_aa.default)
+def _not_aligned(align_corners: bool) -> bool | str:
+    return not align_corners or "antialiased resampling with align_corners=True"
+
+
+@register(
+    aten._upsample_bilinear2d_aa.default,
+    accumulate=True,
+    supports=lambda x, output_size, align_corners, *a, **kw: _not_aligned(align_corners),
+)
 def upsample_bilinear2d_aa(x, output_size, align_corners, scales_h=None, scales_w=None):
-    if align_corners:
-        raise LoweringUnsupported("antialiased resampling with align_corners=True")
     return _upsample_aa(x, output_size, (scales_h, scales_w))
 
 
-@register(aten._upsample_bilinear2d_aa_backward.default)
+@register(
+    aten._upsample_bilinear2d_aa_backward.default,
+    accumulate=True,
+    supports=lambda g, out_size, in_size, align_corners, *a, **kw: _not_aligned(align_corners),
+)
 def upsample_bilinear2d_aa_backward(
     grad, output_size, input_size, align_corners, scales_h=None, scales_w=None
 ):
-    if align_corners:
-        raise LoweringUnsupported("antialiased resampling with align_corners=True")
     x = jnp.zeros(tuple(int(s) for s in input_size), grad.dtype)
     _, vjp = jax.vjp(lambda x_: _upsample_aa(x_, output_size, (scales_h, scales_w)), x)
     return vjp(grad)[0]

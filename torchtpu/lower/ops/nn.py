@@ -10,47 +10,42 @@ import numpy as np
 import torch
 import torch.nn.modules.linear_cross_entropy  # noqa: F401  (defines the torch_nn ops)
 
-from torchtpu.errors import LoweringUnsupported
 from torchtpu.lower.ops._util import accum_dtype, aten, canon_dim, jdtype
 from torchtpu.lower.registry import register
 
 _lce = torch.ops.torch_nn
 
 
-def _softmax_input(x, half_to_float):
-    return x.astype(jnp.float32) if half_to_float else x.astype(accum_dtype(x))
+# Softmaxes and norms accumulate in float32 (accumulate=True); the node's recorded
+# dtype (bfloat16 in, bfloat16 out; float32 for half_to_float) rounds the result.
 
 
-@register(aten._softmax.default)
+@register(aten._softmax.default, accumulate=True)
 def softmax(x, dim, half_to_float=False):
-    out = jax.nn.softmax(_softmax_input(x, half_to_float), axis=canon_dim(dim, x.ndim))
-    return out if half_to_float else out.astype(x.dtype)
+    return jax.nn.softmax(x, axis=canon_dim(dim, x.ndim))
 
 
-@register(aten._log_softmax.default)
+@register(aten._log_softmax.default, accumulate=True)
 def log_softmax(x, dim, half_to_float=False):
-    out = jax.nn.log_softmax(_softmax_input(x, half_to_float), axis=canon_dim(dim, x.ndim))
-    return out if half_to_float else out.astype(x.dtype)
+    return jax.nn.log_softmax(x, axis=canon_dim(dim, x.ndim))
 
 
-@register(aten._softmax_backward_data.default)
+@register(aten._softmax_backward_data.default, accumulate=True)
 def softmax_backward(grad, out, dim, input_dtype):
     axis = canon_dim(dim, out.ndim)
-    g, y = grad.astype(accum_dtype(grad)), out.astype(accum_dtype(out))
-    return y * (g - jnp.sum(g * y, axis=axis, keepdims=True))
+    return out * (grad - jnp.sum(grad * out, axis=axis, keepdims=True))
 
 
-@register(aten._log_softmax_backward_data.default)
+@register(aten._log_softmax_backward_data.default, accumulate=True)
 def log_softmax_backward(grad, out, dim, input_dtype):
     axis = canon_dim(dim, out.ndim)
-    g, y = grad.astype(accum_dtype(grad)), out.astype(accum_dtype(out))
-    return g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True)
+    return grad - jnp.exp(out) * jnp.sum(grad, axis=axis, keepdims=True)
 
 
-@register(aten.native_layer_norm.default)
+@register(aten.native_layer_norm.default, accumulate=True)
 def native_layer_norm(x, normalized_shape, weight, bias, eps):
     axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
-    xa = x.astype(accum_dtype(x))
+    xa = x
     mean = jnp.mean(xa, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(xa - mean), axis=axes, keepdims=True)
     rstd = jax.lax.rsqrt(var + eps)
@@ -59,14 +54,14 @@ def native_layer_norm(x, normalized_shape, weight, bias, eps):
         out = out * weight
     if bias is not None:
         out = out + bias
-    return out.astype(x.dtype), mean, rstd
+    return out, mean, rstd
 
 
-@register(aten.native_layer_norm_backward.default)
+@register(aten.native_layer_norm_backward.default, accumulate=True)
 def native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, bias, mask):
     # Built from the saved mean and rstd, so eps need not be known here.
     axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
-    xa, g = x.astype(jnp.float32), grad.astype(jnp.float32)
+    xa, g = x, grad
     xhat = (xa - mean) * rstd
     gw = g * weight if weight is not None else g
     n = math.prod(x.shape[a] for a in axes)
@@ -82,36 +77,36 @@ def native_layer_norm_backward(grad, x, normalized_shape, mean, rstd, weight, bi
     lead = tuple(range(x.ndim - len(normalized_shape)))
     dw = jnp.sum(g * xhat, axis=lead) if weight is not None and mask[1] else None
     db = jnp.sum(g, axis=lead) if bias is not None and mask[2] else None
-    return (
-        dx.astype(x.dtype) if mask[0] else None,
-        dw.astype(weight.dtype) if dw is not None else None,
-        db.astype(bias.dtype) if db is not None else None,
-    )
+    return dx if mask[0] else None, dw, db
 
 
 def _bn_shape(x):
     return (1, -1) + (1,) * (x.ndim - 2)
 
 
+# Batch norm computes in float32 (accumulate=True): the statistics, the
+# normalisation and the running-stat updates, each rounded once to its dtype.
+
+
 def _bn_apply(x, mean, invstd, weight, bias):
-    out = (x.astype(accum_dtype(x)) - mean.reshape(_bn_shape(x))) * invstd.reshape(_bn_shape(x))
+    out = (x - mean.reshape(_bn_shape(x))) * invstd.reshape(_bn_shape(x))
     if weight is not None:
         out = out * weight.reshape(_bn_shape(x))
     if bias is not None:
         out = out + bias.reshape(_bn_shape(x))
-    return out.astype(x.dtype)
+    return out
 
 
 def _bn_batch_stats(x, eps):
     axes = (0,) + tuple(range(2, x.ndim))
-    xa = x.astype(accum_dtype(x))
+    xa = x
     mean = jnp.mean(xa, axis=axes)
     var = jnp.mean(jnp.square(xa - mean.reshape(_bn_shape(x))), axis=axes)
     n = x.size // x.shape[1]
     return mean, var, jax.lax.rsqrt(var + eps), n
 
 
-@register(aten._native_batch_norm_legit_functional.default)
+@register(aten._native_batch_norm_legit_functional.default, accumulate=True)
 def batch_norm_functional(x, weight, bias, running_mean, running_var, training, momentum, eps):
     if not training:
         out, _, _ = batch_norm_no_training(
@@ -120,27 +115,27 @@ def batch_norm_functional(x, weight, bias, running_mean, running_var, training, 
         empty = jnp.zeros((0,), jnp.float32)
         return out, empty, empty, running_mean, running_var
     mean, var, invstd, n = _bn_batch_stats(x, eps)
-    new_mean = (1 - momentum) * running_mean + momentum * mean.astype(running_mean.dtype)
+    new_mean = (1 - momentum) * running_mean + momentum * mean
     unbiased = var * (n / max(n - 1, 1))
-    new_var = (1 - momentum) * running_var + momentum * unbiased.astype(running_var.dtype)
+    new_var = (1 - momentum) * running_var + momentum * unbiased
     return _bn_apply(x, mean, invstd, weight, bias), mean, invstd, new_mean, new_var
 
 
-@register(aten._native_batch_norm_legit_no_training.default)
+@register(aten._native_batch_norm_legit_no_training.default, accumulate=True)
 def batch_norm_no_training(x, weight, bias, running_mean, running_var, momentum, eps):
-    invstd = jax.lax.rsqrt(running_var.astype(jnp.float32) + eps)
-    out = _bn_apply(x, running_mean.astype(jnp.float32), invstd, weight, bias)
+    invstd = jax.lax.rsqrt(running_var + eps)
+    out = _bn_apply(x, running_mean, invstd, weight, bias)
     empty = jnp.zeros((0,), jnp.float32)
     return out, empty, empty
 
 
-@register(aten._native_batch_norm_legit.no_stats)
+@register(aten._native_batch_norm_legit.no_stats, accumulate=True)
 def batch_norm_no_stats(x, weight, bias, training, momentum, eps):
     mean, _, invstd, _ = _bn_batch_stats(x, eps)
     return _bn_apply(x, mean, invstd, weight, bias), mean, invstd
 
 
-@register(aten.native_batch_norm_backward.default)
+@register(aten.native_batch_norm_backward.default, accumulate=True)
 def batch_norm_backward(
     grad, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps, mask
 ):
@@ -148,11 +143,11 @@ def batch_norm_backward(
     if train:
         mean, invstd = save_mean, save_invstd
     else:
-        mean = running_mean.astype(jnp.float32)
-        invstd = jax.lax.rsqrt(running_var.astype(jnp.float32) + eps)
-    g, xa = grad.astype(jnp.float32), x.astype(jnp.float32)
+        mean = running_mean
+        invstd = jax.lax.rsqrt(running_var + eps)
+    g, xa = grad, x
     xhat = (xa - mean.reshape(_bn_shape(x))) * invstd.reshape(_bn_shape(x))
-    w = jnp.ones_like(mean) if weight is None else weight.astype(jnp.float32)
+    w = jnp.ones_like(mean) if weight is None else weight
     dbias = jnp.sum(g, axis=axes)
     dweight = jnp.sum(g * xhat, axis=axes)
     scale = (w * invstd).reshape(_bn_shape(x))
@@ -161,11 +156,7 @@ def batch_norm_backward(
         dx = scale * (g - (dbias.reshape(_bn_shape(x)) + xhat * dweight.reshape(_bn_shape(x))) / n)
     else:
         dx = g * scale
-    return (
-        dx.astype(x.dtype) if mask[0] else None,
-        dweight.astype(w.dtype) if mask[1] else None,
-        dbias.astype(w.dtype) if mask[2] else None,
-    )
+    return dx if mask[0] else None, dweight if mask[1] else None, dbias if mask[2] else None
 
 
 @register(aten.native_dropout.default, rng=True)
@@ -206,20 +197,25 @@ def _attention(q, k, v, attn_mask, is_causal, scale):
     return out.astype(q.dtype), lse
 
 
-@register(aten._scaled_dot_product_flash_attention_for_cpu.default)
+def _no_attention_dropout(dropout_p: float) -> bool | str:
+    return dropout_p == 0 or f"attention dropout (dropout_p={dropout_p}) inside the fused kernel"
+
+
+@register(
+    aten._scaled_dot_product_flash_attention_for_cpu.default,
+    supports=lambda q, k, v, dropout_p=0.0, *a, **kw: _no_attention_dropout(dropout_p),
+)
 def sdpa_flash_cpu(q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
-    if dropout_p > 0:
-        raise LoweringUnsupported("attention dropout inside the fused kernel")
     return _attention(q, k, v, attn_mask, is_causal, scale)
 
 
-@register(aten._scaled_dot_product_flash_attention_for_cpu_backward.default)
+@register(
+    aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
+    supports=lambda grad, q, k, v, out, lse, dropout_p, *a, **kw: _no_attention_dropout(dropout_p),
+)
 def sdpa_flash_cpu_backward(
     grad, q, k, v, out, lse, dropout_p, is_causal, *, attn_mask=None, scale=None
 ):
-    if dropout_p > 0:
-        raise LoweringUnsupported("attention dropout inside the fused kernel")
-
     def forward(q_, k_, v_):
         return _attention(q_, k_, v_, attn_mask, is_causal, scale)[0]
 
@@ -300,7 +296,12 @@ def _linear_ce_terms(x, linear_weight, target, bias, weight, ignore_index, acc):
     return w, nll
 
 
-@register(_lce._linear_cross_entropy_batch_chunked.default)
+def _no_label_smoothing(*args, **kwargs) -> bool | str:
+    smoothing = args[7] if len(args) > 7 else kwargs.get("label_smoothing", 0.0)
+    return not smoothing or "label_smoothing is not lowered for the chunked op"
+
+
+@register(_lce._linear_cross_entropy_batch_chunked.default, supports=_no_label_smoothing)
 def linear_cross_entropy_chunked(
     x,
     linear_weight,
@@ -321,8 +322,6 @@ def linear_cross_entropy_chunked(
     # The op returns the loss and its gradients (for an upstream gradient of 1); its
     # autograd formula only scales them, so the backward needs no lowering of its own.
     # Gradients not asked for are empty tensors of the same rank, as in PyTorch.
-    if label_smoothing:
-        raise LoweringUnsupported("label_smoothing is not lowered for the chunked op")
     acc = jdtype(acc_dtype)
 
     def loss(x, linear_weight, bias):

@@ -18,12 +18,12 @@ def _float(dtype, like=None):
     return jdtype(dtype, like.dtype if like is not None else jnp.float32)
 
 
-@register(aten.rand.default, rng=True)
+@register(aten.rand.default, aten.rand.generator, rng=True)
 def rand(size, *, dtype=None, layout=None, device=None, pin_memory=None, generator=None, key):
     return jax.random.uniform(key, _shape(size), _float(dtype))
 
 
-@register(aten.randn.default, rng=True)
+@register(aten.randn.default, aten.randn.generator, rng=True)
 def randn(size, *, dtype=None, layout=None, device=None, pin_memory=None, generator=None, key):
     return jax.random.normal(key, _shape(size), _float(dtype))
 
@@ -36,28 +36,46 @@ def _real(dtype):
     return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
 
 
-@register(aten.rand_like.default, rng=True)
-def rand_like(x, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None, key):
+@register(aten.rand_like.default, aten.rand_like.generator, rng=True)
+def rand_like(
+    x,
+    *,
+    generator=None,
+    dtype=None,
+    layout=None,
+    device=None,
+    pin_memory=None,
+    memory_format=None,
+    key,
+):
     want = _float(dtype, x)
     return _as(jax.random.uniform(key, x.shape, _real(want)), want)
 
 
-@register(aten.randn_like.default, rng=True)
+@register(aten.randn_like.default, aten.randn_like.generator, rng=True)
 def randn_like(
-    x, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None, key
+    x,
+    *,
+    generator=None,
+    dtype=None,
+    layout=None,
+    device=None,
+    pin_memory=None,
+    memory_format=None,
+    key,
 ):
     want = _float(dtype, x)
     return _as(jax.random.normal(key, x.shape, _real(want)), want)
 
 
-@register(aten.randint.low, rng=True)
+@register(aten.randint.low, aten.randint.low_generator, rng=True)
 def randint_low(
     low, high, size, *, dtype=None, layout=None, device=None, pin_memory=None, generator=None, key
 ):
     return jax.random.randint(key, _shape(size), low, high, jdtype(dtype, jnp.int64))
 
 
-@register(aten.randint.default, rng=True)
+@register(aten.randint.default, aten.randint.generator, rng=True)
 def randint(
     high, size, *, dtype=None, layout=None, device=None, pin_memory=None, generator=None, key
 ):
@@ -93,14 +111,28 @@ def exponential(x, lambd=1.0, *, generator=None, key):
     return (jax.random.exponential(key, x.shape, jnp.float32) / lambd).astype(x.dtype)
 
 
-@register(aten.randperm.default, rng=True)
+@register(aten.randperm.default, aten.randperm.generator, rng=True)
 def randperm(n, *, dtype=None, layout=None, device=None, pin_memory=None, generator=None, key):
     return jax.random.permutation(key, n).astype(jdtype(dtype, jnp.int64))
 
 
-@register(aten.randint_like.default, aten.randint_like.low_dtype, rng=True)
+@register(
+    aten.randint_like.default,
+    aten.randint_like.low_dtype,
+    aten.randint_like.generator,
+    aten.randint_like.low_generator_dtype,
+    rng=True,
+)
 def randint_like(
-    x, *bounds, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None, key
+    x,
+    *bounds,
+    generator=None,
+    dtype=None,
+    layout=None,
+    device=None,
+    pin_memory=None,
+    memory_format=None,
+    key,
 ):
     low, high = (0, bounds[0]) if len(bounds) == 1 else bounds
     draws = jax.random.randint(key, x.shape, low, high, jnp.int64)

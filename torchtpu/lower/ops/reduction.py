@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from torchtpu.errors import LoweringUnsupported
 from torchtpu.lower.ops._util import (
     accum_dtype,
     aten,
@@ -22,24 +21,27 @@ from torchtpu.lower.registry import register
 
 
 def _sum_dtype(x, dtype):
+    # Bodies registered with accumulate=True already see bfloat16 and float16 as
+    # float32; an explicit low-precision dtype still accumulates in float32 (the
+    # node's dtype rounds the result), as PyTorch does.
     if dtype is not None:
-        return jdtype(dtype)
-    return jnp.int64 if is_integral(x) else accum_dtype(x)
+        return accum_dtype(jnp.zeros((), jdtype(dtype)))
+    return jnp.int64 if is_integral(x) else x.dtype
 
 
-@register(aten.sum.dim_IntList, aten.sum.default)
+@register(aten.sum.dim_IntList, aten.sum.default, accumulate=True)
 def sum_(x, dim=None, keepdim=False, *, dtype=None):
     axes = canon_dims(dim, x.ndim)
     return jnp.sum(x.astype(_sum_dtype(x, dtype)), axis=axes, keepdims=keepdim)
 
 
-@register(aten.mean.dim, aten.mean.default)
+@register(aten.mean.dim, aten.mean.default, accumulate=True)
 def mean(x, dim=None, keepdim=False, *, dtype=None):
     axes = canon_dims(dim, x.ndim)
     return jnp.mean(x.astype(_sum_dtype(x, dtype)), axis=axes, keepdims=keepdim)
 
 
-@register(aten.prod.default, aten.prod.dim_int)
+@register(aten.prod.default, aten.prod.dim_int, accumulate=True)
 def prod(x, dim=None, keepdim=False, *, dtype=None):
     axes = canon_dims(dim, x.ndim)
     return jnp.prod(x.astype(_sum_dtype(x, dtype)), axis=axes, keepdims=keepdim)
@@ -121,20 +123,20 @@ def all_(x, dim=None, keepdim=False):
     return jnp.all(x != 0, axis=canon_dims(dim, x.ndim), keepdims=keepdim)
 
 
-@register(aten.var.correction, aten.var.dim)
+@register(aten.var.correction, aten.var.dim, accumulate=True)
 def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return _var(x, dim, _correction(unbiased, correction), keepdim)
 
 
-@register(aten.std.correction, aten.std.dim)
+@register(aten.std.correction, aten.std.dim, accumulate=True)
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return jnp.sqrt(_var(x, dim, _correction(unbiased, correction), keepdim))
 
 
-@register(aten.var_mean.correction)
+@register(aten.var_mean.correction, accumulate=True)
 def var_mean(x, dim=None, *, correction=None, keepdim=False):
     axes = canon_dims(dim, x.ndim)
-    mean_ = jnp.mean(x.astype(accum_dtype(x)), axis=axes, keepdims=keepdim).astype(x.dtype)
+    mean_ = jnp.mean(x, axis=axes, keepdims=keepdim)
     return _var(x, dim, _correction(None, correction), keepdim), mean_
 
 
@@ -146,7 +148,7 @@ def _correction(unbiased, correction):
 
 def _var(x, dim, correction, keepdim):
     axes = canon_dims(dim, x.ndim)
-    xa = x.astype(accum_dtype(x))
+    xa = x
     n = 1
     for a in axes:
         n *= x.shape[a]
@@ -156,21 +158,20 @@ def _var(x, dim, correction, keepdim):
     return (total / jnp.maximum(n - correction, 0)).astype(jnp.real(x).dtype)
 
 
-@register(aten.logsumexp.default)
+@register(aten.logsumexp.default, accumulate=True)
 def logsumexp(x, dim, keepdim=False):
-    xa = x.astype(accum_dtype(x)) if not is_integral(x) else x.astype(jnp.float32)
-    out = jax.scipy.special.logsumexp(xa, axis=canon_dims(dim, x.ndim), keepdims=keepdim)
-    return out.astype(xa.dtype if is_integral(x) else x.dtype)
+    xa = x.astype(jnp.float32) if is_integral(x) else x
+    return jax.scipy.special.logsumexp(xa, axis=canon_dims(dim, x.ndim), keepdims=keepdim)
 
 
-@register(aten.cumsum.default)
+@register(aten.cumsum.default, accumulate=True)
 def cumsum(x, dim, *, dtype=None):
     if x.ndim == 0:
         return x.astype(_sum_dtype(x, dtype))
     return jnp.cumsum(x.astype(_sum_dtype(x, dtype)), axis=canon_dim(dim, x.ndim))
 
 
-@register(aten.cumprod.default)
+@register(aten.cumprod.default, accumulate=True)
 def cumprod(x, dim, *, dtype=None):
     if x.ndim == 0:
         return x.astype(_sum_dtype(x, dtype))
@@ -214,11 +215,11 @@ def cummin(x, dim):
     return _cum_extreme(x, dim, False)
 
 
-@register(aten.linalg_vector_norm.default)
+@register(aten.linalg_vector_norm.default, accumulate=True)
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
-        x = x.astype(jdtype(dtype))
-    xa = jnp.abs(x.astype(accum_dtype(x)))
+        x = x.astype(_sum_dtype(x, dtype))
+    xa = jnp.abs(x)
     axes = canon_dims(dim, x.ndim)
     if ord == float("inf"):
         out = jnp.max(xa, axis=axes, keepdims=keepdim)
@@ -453,14 +454,19 @@ def hash_tensor(x, dim=(), keepdim=False, *, mode=0):
 _SEGMENT_EMPTY = {"sum": 0, "mean": jnp.nan, "max": -jnp.inf, "min": jnp.inf, "prod": 1}
 
 
-@register(aten.segment_reduce.default)
+def _flat_segments(*args, lengths=None, offsets=None, axis=0, **kwargs) -> bool | str:
+    segments = lengths if lengths is not None else offsets
+    if segments is not None and segments.ndim != 1 or axis != 0:
+        return "segment_reduce over batched lengths or axis != 0"
+    return True
+
+
+@register(aten.segment_reduce.default, supports=_flat_segments)
 def segment_reduce(
     data, reduce, *, lengths=None, indices=None, offsets=None, axis=0, unsafe=False, initial=None
 ):
     if lengths is None:
         lengths = offsets[..., 1:] - offsets[..., :-1]
-    if lengths.ndim != 1 or axis != 0:
-        raise LoweringUnsupported("segment_reduce over batched lengths or axis != 0")
     n = lengths.shape[0]
     ids = jnp.searchsorted(jnp.cumsum(lengths), jnp.arange(data.shape[0]), side="right")
     fn = {
@@ -481,14 +487,12 @@ def segment_reduce(
     return jnp.where(empty, jnp.asarray(fill, data.dtype), out).astype(data.dtype)
 
 
-@register(aten._segment_reduce_backward.default)
+@register(aten._segment_reduce_backward.default, supports=_flat_segments)
 def segment_reduce_backward(
     grad, output, data, reduce, *, lengths=None, offsets=None, axis=0, initial=None
 ):
     if lengths is None:
         lengths = offsets[..., 1:] - offsets[..., :-1]
-    if lengths.ndim != 1 or axis != 0:
-        raise LoweringUnsupported("segment_reduce backward over batched lengths or axis != 0")
     ids = jnp.searchsorted(jnp.cumsum(lengths), jnp.arange(data.shape[0]), side="right")
     ids = jnp.clip(ids, 0, lengths.shape[0] - 1)
     g = grad[ids]
