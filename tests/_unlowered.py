@@ -28,3 +28,43 @@ def mystery_cpu(x: torch.Tensor) -> torch.Tensor:
 @mystery_cpu.register_fake
 def _(x):
     return torch.empty_like(x)
+
+
+@torch.library.custom_op("torchtpu_test::uncompilable", mutates_args=())
+def uncompilable(x: torch.Tensor) -> torch.Tensor:
+    """Lowered to a call XLA has no kernel for: the program fails to compile."""
+    return x.clone()
+
+
+@uncompilable.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("torchtpu_test::crashing", mutates_args=())
+def crashing(x: torch.Tensor) -> torch.Tensor:
+    """Its lowering raises: a bug in a lowering, which must be reported as one."""
+    return x * 2
+
+
+@crashing.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def _register_test_lowerings() -> None:
+    import jax
+
+    from torchtpu.lower.registry import register
+
+    @register(torch.ops.torchtpu_test.uncompilable.default)
+    def _uncompilable(x):
+        target = "torchtpu_test_missing_kernel"
+        return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+
+    @register(torch.ops.torchtpu_test.crashing.default)
+    def _crashing(x):
+        raise ValueError("deliberately broken lowering")
+
+
+_register_test_lowerings()

@@ -50,3 +50,37 @@ def test_empty_cache_dir_disables_the_disk_cache(tmp_path):
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert counts["persistent_cache_hits"] == counts["persistent_cache_misses"] == 0
     assert set(os.listdir(tmp_path)) == cwd_before
+
+
+DEVICE_SCRIPT = """
+import json, torch, torchtpu
+torch.manual_seed(0)
+model = torch.nn.Linear(16, 4).to("tpu")
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(2):
+    model(torch.ones(3, 16, device="tpu")).square().sum().backward()
+    opt.step()
+m = torchtpu.metrics()
+print(json.dumps({k: m[k] for k in ("compiles", "persistent_cache_hits",
+                                     "persistent_cache_misses")}))
+"""
+
+
+def test_device_mode_programs_start_warm_from_the_disk_cache(tmp_path):
+    def run():
+        env = {**os.environ, "TORCHTPU_CACHE_DIR": str(tmp_path)}
+        result = subprocess.run(
+            [sys.executable, "-c", DEVICE_SCRIPT],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    cold = run()
+    assert cold["persistent_cache_misses"] == cold["compiles"] >= 1
+    warm = run()
+    assert warm["persistent_cache_hits"] == cold["compiles"]
+    assert warm["persistent_cache_misses"] == 0

@@ -31,6 +31,7 @@ import torch.fx
 from torchtpu.compile.partition import Segment
 from torchtpu.config import options
 from torchtpu.errors import CompileError, DeviceError, LoweringUnsupported, OutOfMemoryError
+from torchtpu.lower.dtypes import to_numpy
 from torchtpu.lower.interpreter import RngStream, needs_rng, run_nodes
 from torchtpu.metrics import bump
 from torchtpu.runtime import platform_name
@@ -413,9 +414,9 @@ def _constant_digest(node: torch.fx.Node) -> bytes:
     for part in str(node.target).split("."):
         value = getattr(value, part)
     if isinstance(value, torch.Tensor):
-        data = value.detach().cpu().contiguous()
-        raw = data.reshape(-1).view(torch.uint8)
-        return hashlib.sha256(raw.numpy().tobytes()).digest() + str(data.dtype).encode()
+        data = value.detach().cpu()
+        shape = f"{list(data.shape)}{data.dtype}".encode()
+        return hashlib.sha256(to_numpy(data).tobytes()).digest() + shape
     return repr(value).encode()
 
 

@@ -136,7 +136,7 @@ class TPUModule:
 
 
 def _after_optimizer_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-    lazy.sync("optimizer_step")
+    lazy.end_of_step()
 
 
 def install() -> None:

@@ -288,6 +288,16 @@ _SPECS = {
 
 
 _GRAPH = Graph()
+_STEP_ENDED = False
+
+
+def end_of_step() -> None:
+    """``optimizer.step()`` finished: the step's graph runs before the next op is
+    recorded (or at the next sync), not now. In between, ``zero_grad()`` drops the
+    gradients, so the program need not write them out."""
+    global _STEP_ENDED
+    if _GRAPH.nodes:
+        _STEP_ENDED = True
 
 
 def current_graph() -> Graph:
@@ -306,6 +316,8 @@ def record(
     A random op draws its seed now, from ``generator`` or the tpu device's, as
     eager PyTorch draws from its generator at each call: a restored generator
     state (``fork_rng``, activation checkpointing) replays the same numbers."""
+    if _STEP_ENDED:
+        sync("optimizer_step")
     opts = options()
     seed = draw_seed(generator or tpu_generator()) if recipe.lowering.rng else None
     if opts.eager or opts.blocking:
@@ -378,7 +390,10 @@ def constant(array: jax.Array, dtype: torch.dtype) -> Value:
 
 def sync(reason: str = "explicit") -> None:
     """Compile (or reuse) and run the pending graph; its live results become concrete."""
-    global _GRAPH
+    global _GRAPH, _STEP_ENDED
+    if _STEP_ENDED:
+        _STEP_ENDED = False
+        reason = "optimizer_step"
     graph = _GRAPH
     if not graph.nodes:
         return
@@ -422,7 +437,7 @@ def _donatable(inputs: list[Any], outputs: list[Value]) -> tuple[int, ...]:
     """Input buffers nothing but the graph refers to, each matching an output's shape
     and dtype: the old value of a tensor the recorded ops overwrote (a weight after
     ``optimizer.step()``). Donating them lets XLA write the new value in place."""
-    wanted = collections.Counter((v.shape, to_jax_dtype(v.dtype)) for v in outputs)
+    wanted = collections.Counter((v.shape, np.dtype(to_jax_dtype(v.dtype))) for v in outputs)
     donate = []
     for i in range(len(inputs)):
         value = inputs[i]

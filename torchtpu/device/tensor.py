@@ -190,7 +190,9 @@ def materialize(v: Value, reason: str) -> jax.Array:
 def to_cpu(t: torch.Tensor, reason: str) -> torch.Tensor:
     """A CPU copy of ``t``'s value, running the pending graph if it is needed."""
     v = read(t)
-    host = np.asarray(materialize(v, reason))
+    # A copy: on the CPU platform np.asarray may view the device buffer itself,
+    # which a later program may donate (and XLA reuse) while torch still reads it.
+    host = np.array(materialize(v, reason), copy=True)
     bump("device_to_host")
     bump("device_to_host_bytes", host.nbytes)
     return from_numpy(host).reshape(v.shape)

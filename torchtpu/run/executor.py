@@ -28,6 +28,7 @@ from torchtpu.compile.partition import Segment, partition
 from torchtpu.compile.program import CACHE, Program, build_program, fingerprint, lower_segment
 from torchtpu.compile.sized import SizedFailure, run_sized
 from torchtpu.config import Options, options
+from torchtpu.errors import TorchTPUError
 from torchtpu.lower.dtypes import to_torch_dtype
 from torchtpu.lower.interpreter import (
     PYTHON_FUNCTIONS,
@@ -70,6 +71,7 @@ class GraphExecutor:
         # An instance attribute, so the wrappers AOTAutograd puts around us copy it.
         self._boxed_call = True
         self.opts = opts or options()
+        self._strict_error: TorchTPUError | None = None
         self.placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.output_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
         self.eager_nodes: set[torch.fx.Node] = set()
@@ -137,6 +139,8 @@ class GraphExecutor:
 
     def _run_with_fallbacks(self, args: list[Any], to_torch: bool) -> list[Any]:
         """Run; a node whose lowering fails while traced falls back and we re-partition."""
+        if self._strict_error is not None:
+            raise self._strict_error
         with jax_scope() as device:
             while True:
                 try:
@@ -148,6 +152,8 @@ class GraphExecutor:
                     node = self._running_sized
                     self._fall_back(node, str(exc).split(": ", 1)[-1], "crashed")
                     self._repartition()
+                if self._strict_error is not None:
+                    raise self._strict_error
 
     def _repartition(self) -> None:
         self.segments = self._partition()
@@ -169,8 +175,13 @@ class GraphExecutor:
     def _fall_back(self, node: torch.fx.Node, reason: str, kind: str) -> None:
         op = node_op(node) if node.op == "call_function" else node.target
         args, kwargs = meta_args(node)
-        # Counted when the node runs (_run_eager), not here.
-        fall_back(op, args, kwargs, reason, kind=kind, opts=self.opts, count=False)
+        try:
+            # Counted when the node runs (_run_eager), not here.
+            fall_back(op, args, kwargs, reason, kind=kind, opts=self.opts, count=False)
+        except TorchTPUError as exc:
+            # Raised when the graph runs, as device mode and compile_step raise it,
+            # rather than inside Dynamo, which would wrap it in BackendCompilerFailed.
+            self._strict_error = exc
         self.eager_nodes.add(node)
 
     # --- execution ---------------------------------------------------------------
