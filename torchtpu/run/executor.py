@@ -25,10 +25,17 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from torchtpu.compile.fallback import fall_back
 from torchtpu.compile.partition import Segment, partition
-from torchtpu.compile.program import CACHE, Program, build_program, fingerprint, lower_segment
+from torchtpu.compile.program import (
+    CACHE,
+    Program,
+    build_program,
+    fingerprint,
+    lower_segment,
+    segment_origin,
+)
 from torchtpu.compile.sized import SizedFailure, run_sized
 from torchtpu.config import Options, options
-from torchtpu.errors import TorchTPUError
+from torchtpu.errors import TorchTPUError, user_site
 from torchtpu.lower.dtypes import to_torch_dtype
 from torchtpu.lower.interpreter import (
     PYTHON_FUNCTIONS,
@@ -68,6 +75,9 @@ class GraphExecutor:
         self.gm = gm
         self.name = name
         self.origin = origin
+        # Where the graph was captured from: the line that called the compiled code,
+        # for programs whose nodes carry no source line of their own.
+        self._site = user_site()
         # An instance attribute, so the wrappers AOTAutograd puts around us copy it.
         self._boxed_call = True
         self.opts = opts or options()
@@ -272,11 +282,17 @@ class GraphExecutor:
                 leaves,
                 self._donated_leaves(segment, values),
                 name=self.name,
-                origin=self.origin,
+                origin=self._origin(segment),
             )
             CACHE.put(key, program)
         self._programs[(index, signature)] = program
         return program
+
+    def _origin(self, segment: Segment) -> str:
+        if self.origin:
+            return self.origin
+        found = segment_origin(segment)
+        return found if found != "<unknown>" else self._site
 
     def _donated_leaves(self, segment: Segment, values: list[Any]) -> list[int]:
         if not self._donate or len(self.segments) != 1:
@@ -321,7 +337,7 @@ class GraphExecutor:
                     leaves,
                     self._donated_leaves(segment, values),
                     name=self.name,
-                    origin=self.origin,
+                    origin=self._origin(segment),
                 )
                 out.append((segment, lowered))
         return out
