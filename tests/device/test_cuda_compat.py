@@ -29,3 +29,19 @@ def test_cuda_script_runs_unchanged_under_torchtpu_run():
     losses = result["losses"]
     assert len(losses) == 6 and all(loss == loss for loss in losses)
     assert losses[-1] < losses[0]
+
+
+def test_the_cuda_calls_scripts_make_are_mapped_or_refused_clearly():
+    result = _run("-m", "torchtpu.cli", "run", str(SCRIPT.with_name("cuda_surface.py")))
+    assert result["available"] and result["count"] == 1 and result["current"] == 0
+    assert "torchtpu" in result["name"] and result["total_memory"] > 0
+    assert result["bf16"] is True
+    assert result["elapsed_ms_positive"] and result["y_device"] == "tpu:0"
+    assert result["allocated_positive"] and result["peak_at_least_allocated"]
+    assert result["rng_replays"] and result["fork_rng_replays"]
+    assert result["loaded_device"] == "tpu:0" and result["loaded_equal"]
+    graph, fraction, nccl = (result["refused"][k] for k in ("0", "1", "2"))
+    assert graph.startswith("TorchTPUError: torch.cuda.CUDAGraph has no counterpart")
+    assert "torch.compile" in graph
+    assert fraction.startswith("TorchTPUError: torch.cuda.set_per_process_memory_fraction")
+    assert nccl.startswith("TorchTPUError: dist.init_process_group('nccl')")

@@ -31,108 +31,16 @@ from typing import Any
 import torch
 
 from torchtpu.device import amp, lazy
+from torchtpu.device.module import TPUModule
 from torchtpu.device.tensor import DEVICE_TYPE, is_tpu, kernel, to_cpu
-from torchtpu.runtime import tpu_generator
 
 _LIBRARIES: list[torch.library.Library] = []
+# Set by patch_cuda(): a map_location naming CUDA means the tpu device.
+cuda_means_tpu = False
 log = logging.getLogger("torchtpu")
 
 # Generic kernels we keep: they alias the storage, which is where a tpu tensor's value lives.
 _GENERIC = {"aten::detach", "aten::alias"}
-
-
-class _DeviceContext:
-    """``torch.tpu.device(i)``: selects device ``i`` for a block (there is one, ``tpu:0``)."""
-
-    def __init__(self, device: Any) -> None:
-        index = device.index if isinstance(device, torch.device) else device
-        if index not in (None, 0, -1):
-            raise ValueError(f"torch.{DEVICE_TYPE}.device({device!r}): only {DEVICE_TYPE}:0 exists")
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-class TPUModule:
-    """``torch.tpu``: the device module PyTorch looks up for the ``tpu`` device."""
-
-    # Read by torch.utils.checkpoint: an initialised device has RNG state to preserve.
-    _initialized = True
-    device = _DeviceContext
-
-    @staticmethod
-    def is_available() -> bool:
-        return True
-
-    @staticmethod
-    def is_initialized() -> bool:
-        return True
-
-    @staticmethod
-    def _is_in_bad_fork() -> bool:
-        return False
-
-    @staticmethod
-    def device_count() -> int:
-        return 1
-
-    @staticmethod
-    def current_device() -> int:
-        return 0
-
-    @staticmethod
-    def set_device(device: Any) -> None:
-        pass
-
-    @staticmethod
-    def manual_seed(seed: int) -> None:
-        """Seed the tpu device's generator (``torch.manual_seed`` calls this too)."""
-        tpu_generator().manual_seed(int(seed))
-
-    manual_seed_all = manual_seed
-
-    @staticmethod
-    def seed() -> None:
-        tpu_generator().seed()
-
-    seed_all = seed
-
-    @staticmethod
-    def initial_seed() -> int:
-        return tpu_generator().initial_seed()
-
-    @staticmethod
-    def get_rng_state(device: Any = None) -> torch.Tensor:
-        """The device generator's state, a CPU ByteTensor (as ``torch.cuda`` gives)."""
-        return tpu_generator().get_state()
-
-    @staticmethod
-    def set_rng_state(state: torch.Tensor, device: Any = None) -> None:
-        tpu_generator().set_state(state)
-
-    @staticmethod
-    def get_rng_state_all() -> list[torch.Tensor]:
-        return [tpu_generator().get_state()]
-
-    @staticmethod
-    def set_rng_state_all(states: list[torch.Tensor]) -> None:
-        tpu_generator().set_state(states[0])
-
-    @staticmethod
-    def synchronize(device: Any = None) -> None:
-        """Run the pending graph and wait for every result."""
-        lazy.wait()
-
-    @staticmethod
-    def get_amp_supported_dtype() -> list[torch.dtype]:
-        return [torch.bfloat16, torch.float16]
-
-    @staticmethod
-    def is_bf16_supported() -> bool:
-        return True
 
 
 def _after_optimizer_step(optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -164,6 +72,9 @@ def install() -> None:
     register_optimizer_step_post_hook(_after_optimizer_step)
     _route_storage_users()
     _keep_parameters_when_moving()
+    _host_side_for_pinned_memory()
+    _accelerator_api()
+    _load_onto_the_device()
     from torchtpu.capture.backend import route_default_backend
 
     route_default_backend()
@@ -290,3 +201,117 @@ def _swapping(model: torch.nn.Module, device: torch.device | None) -> Any:
         yield
     finally:
         torch.__future__.set_swap_module_params_on_conversion(previous)
+    if crossing and hasattr(model, "generate"):
+        from torchtpu.device import generation
+
+        generation.install(model)
+
+
+def _host_side_for_pinned_memory() -> None:
+    """``tensor.pin_memory()`` asks the current accelerator for a pinned-memory
+    allocator, which a Python backend cannot provide. The XLA runtime stages its
+    own host transfers, so for ``tpu`` a CPU tensor is already as good as pinned:
+    ``pin_memory()`` returns it (DataLoader's ``pin_memory=True`` included)."""
+    pin = torch.Tensor.pin_memory
+
+    @functools.wraps(pin)
+    def pin_memory(self: torch.Tensor, device: Any = None) -> torch.Tensor:
+        target = torch.device(device) if device is not None else None
+        if self.device.type == "cpu" and (target is None or target.type in (DEVICE_TYPE, "cuda")):
+            return self
+        return pin(self) if device is None else pin(self, device)
+
+    torch.Tensor.pin_memory = pin_memory
+
+
+def _accelerator_api() -> None:
+    """``torch.accelerator``'s synchronize and memory calls go through C++ device
+    interfaces a Python backend cannot fill; for ``tpu`` they go to ``torch.tpu``."""
+    accelerator = torch.accelerator
+    module = TPUModule
+
+    def routed(name: str, ours: Any) -> None:
+        original = getattr(accelerator, name, None)
+        if original is None:
+            return
+
+        @functools.wraps(original)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            current = accelerator.current_accelerator()
+            if current is not None and current.type == DEVICE_TYPE:
+                return ours(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        setattr(accelerator, name, call)
+
+    routed("synchronize", module.synchronize)
+    for name in (
+        "memory_allocated",
+        "max_memory_allocated",
+        "memory_reserved",
+        "max_memory_reserved",
+        "reset_peak_memory_stats",
+        "memory_stats",
+        "empty_cache",
+    ):
+        routed(name, getattr(module, name))
+
+
+def _load_onto_the_device() -> None:
+    """``torch.load(f, map_location="tpu")`` (or ``"cuda"`` under ``patch_cuda()``):
+    PyTorch rebuilds tensors on a storage of the target device, which a tpu tensor
+    does not have; the file is loaded onto the CPU (with the caller's
+    ``weights_only`` and other arguments) and its tensors moved, each once."""
+    load = torch.load
+
+    @functools.wraps(load)
+    def load_(f: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if map_location is None and cuda_means_tpu:
+            # A file saved on a CUDA machine, loaded as saved: its CUDA tensors come
+            # to tpu, the rest stays on the CPU.
+            from_cuda: set[int] = set()
+
+            def restore(storage: Any, location: str) -> Any:
+                if location.startswith("cuda"):
+                    from_cuda.add(storage._cdata)
+                return storage
+
+            obj = load(f, restore, *args, **kwargs)
+            return _moved(obj, {}, lambda t: t.untyped_storage()._cdata in from_cuda)
+        if not _means_tpu(map_location):
+            return load(f, map_location, *args, **kwargs)
+        return _moved(load(f, "cpu", *args, **kwargs), {})
+
+    torch.load = load_
+
+
+def _means_tpu(location: Any) -> bool:
+    if isinstance(location, dict):
+        return bool(location) and all(_means_tpu(v) for v in location.values())
+    if isinstance(location, (str, torch.device)):
+        kind = torch.device(location).type if not isinstance(location, str) else location
+        kind = kind.split(":")[0]
+        return kind == DEVICE_TYPE or (cuda_means_tpu and kind == "cuda")
+    return False
+
+
+def _moved(obj: Any, memo: dict[int, Any], which: Any = None) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if which is not None and not which(obj):
+            return obj
+        if id(obj) not in memo:
+            moved = obj.detach().to(DEVICE_TYPE)
+            if isinstance(obj, torch.nn.Parameter):
+                moved = torch.nn.Parameter(moved, requires_grad=obj.requires_grad)
+            memo[id(obj)] = moved
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        out = type(obj)() if type(obj) is not dict else {}
+        for k, v in obj.items():
+            out[k] = _moved(v, memo, which)
+        return out
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_moved(v, memo, which) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_moved(v, memo, which) for v in obj)
+    return obj

@@ -1,10 +1,15 @@
 """``patch_cuda()``: run a script written for CUDA on the ``tpu`` device, unchanged.
 
-Every way a script names CUDA is sent to ``tpu``: ``.cuda()``,
-``device="cuda"`` (through a global ``TorchFunctionMode`` that rewrites device
-arguments), ``Module.to("cuda")``, the ``torch.cuda`` queries a script asks
-(``is_available``, ``synchronize``, ``device_count``, ...),
-``torch.autocast("cuda")`` and ``torch.amp.GradScaler("cuda")``.
+``torchtpu run script.py`` calls it before the script starts. Every way a
+script names CUDA is sent to ``tpu``: ``.cuda()``, ``device="cuda"`` (through a
+global ``TorchFunctionMode`` that rewrites device arguments),
+``Module.to("cuda")``, ``torch.autocast("cuda")``, ``torch.amp.GradScaler("cuda")``,
+``torch.load(..., map_location="cuda")``, and the ``torch.cuda`` calls scripts
+make, which go to ``torch.tpu`` (``torchtpu/device/module.py``). CUDA features
+with no counterpart on XLA raise a ``TorchTPUError`` naming the call and what
+to do, never an ``AttributeError`` from inside torch.
+
+:data:`MAPPED` and :data:`REFUSED` list them; ``docs/device_mode.md`` shows both.
 """
 
 from __future__ import annotations
@@ -15,10 +20,64 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from torchtpu.device import lazy
+from torchtpu.device.module import TPUModule
 from torchtpu.device.tensor import DEVICE_TYPE
+from torchtpu.errors import TorchTPUError
 
 _PATCHED = False
+
+# torch.cuda.<name> -> the torch.tpu function that answers it.
+MAPPED = [
+    "is_available",
+    "is_initialized",
+    "init",
+    "device_count",
+    "current_device",
+    "set_device",
+    "device",
+    "get_device_name",
+    "get_device_capability",
+    "get_device_properties",
+    "synchronize",
+    "is_bf16_supported",
+    "manual_seed",
+    "manual_seed_all",
+    "seed",
+    "seed_all",
+    "initial_seed",
+    "get_rng_state",
+    "set_rng_state",
+    "get_rng_state_all",
+    "set_rng_state_all",
+    "memory_allocated",
+    "max_memory_allocated",
+    "memory_reserved",
+    "max_memory_reserved",
+    "reset_peak_memory_stats",
+    "reset_max_memory_allocated",
+    "memory_stats",
+    "mem_get_info",
+    "empty_cache",
+    "current_stream",
+    "default_stream",
+    "stream",
+    "set_stream",
+    "Stream",
+    "Event",
+]
+
+# torch.cuda.<name> with no XLA counterpart -> what to do instead.
+REFUSED = {
+    "CUDAGraph": "XLA compiles whole programs already: use torch.compile(model, backend='tpu') "
+    "or torchtpu.compile_step, which replay one compiled program per step",
+    "graph": "XLA compiles whole programs already: use torch.compile or torchtpu.compile_step",
+    "make_graphed_callables": "use torch.compile(fn, backend='tpu'), which compiles the callable",
+    "set_per_process_memory_fraction": "XLA's allocator is configured by the environment: "
+    "XLA_PYTHON_CLIENT_MEM_FRACTION on GPUs; TPUs give a process the whole chip",
+    "caching_allocator_alloc": "tpu memory belongs to XLA: allocate tensors instead",
+    "caching_allocator_delete": "tpu memory belongs to XLA: drop the tensor instead",
+    "get_allocator_backend": "tpu memory belongs to XLA, which has no PyTorch allocator",
+}
 
 
 def _to_tpu(value: Any) -> Any:
@@ -26,8 +85,6 @@ def _to_tpu(value: Any) -> Any:
         return DEVICE_TYPE
     if isinstance(value, torch.device) and value.type == "cuda":
         return torch.device(DEVICE_TYPE, 0)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
     return value
 
 
@@ -69,8 +126,46 @@ def _patch_init(cls: type, position: int, name: str) -> None:
     cls.__init__ = __init__
 
 
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
+def _refusal(name: str, what: str, original: Any) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise TorchTPUError(
+            f"torch.cuda.{name} has no counterpart on the {DEVICE_TYPE} device (XLA): {what}."
+        )
+
+    refuse.__name__ = name
+    if isinstance(original, type):
+        # Still a class, which libraries name in annotations (``torch.cuda.CUDAGraph | None``).
+        return type(name, (), {"__init__": refuse, "__doc__": f"Refused on tpu: {what}."})
+    return refuse
+
+
+def _nvtx_noop(*args: Any, **kwargs: Any) -> Any:
+    return _NullRange()
+
+
+class _NullRange:
+    """``torch.cuda.nvtx.range``: profiler markers, which XLA's profiler does not take."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _no_nccl(init_process_group: Any) -> Any:
+    @functools.wraps(init_process_group)
+    def init(backend: Any = None, *args: Any, **kwargs: Any) -> Any:
+        name = str(backend or kwargs.get("backend") or "")
+        if "nccl" in name:
+            raise TorchTPUError(
+                f"dist.init_process_group({name!r}): torchtpu has no process group for the "
+                f"{DEVICE_TYPE} device yet (scale-out is not built). Run the script as one "
+                "process on one device, or use backend='gloo' for CPU tensors."
+            )
+        return init_process_group(backend, *args, **kwargs)
+
+    return init
 
 
 def patch_cuda() -> None:
@@ -97,17 +192,21 @@ def patch_cuda() -> None:
 
     torch.nn.Module.to = to
     cuda = torch.cuda
-    cuda.is_available = lambda: True
-    cuda.device_count = lambda: 1
-    cuda.current_device = lambda: 0
-    cuda.is_bf16_supported = lambda *a, **k: True
-    cuda.get_device_name = lambda *a, **k: f"torchtpu ({DEVICE_TYPE})"
-    cuda.synchronize = lambda *a, **k: lazy.wait()
-    for name in ("set_device", "empty_cache", "manual_seed", "manual_seed_all"):
-        setattr(cuda, name, _noop)
-    for name in ("memory_allocated", "max_memory_allocated", "memory_reserved"):
-        setattr(cuda, name, lambda *a, **k: 0)
-    cuda.reset_peak_memory_stats = _noop
+    for name in MAPPED:
+        setattr(cuda, name, getattr(TPUModule, name))
+    for name, what in REFUSED.items():
+        setattr(cuda, name, _refusal(name, what, getattr(cuda, name, None)))
+    cuda.get_arch_list = lambda: []
+    cuda.is_current_stream_capturing = lambda: False
+    for name in ("range_push", "range_pop", "mark", "range"):
+        setattr(cuda.nvtx, name, _nvtx_noop)
     _patch_init(torch.amp.autocast_mode.autocast, 0, "device_type")
     _patch_init(torch.amp.GradScaler, 0, "device")
+    import torch.distributed as dist
+
+    if dist.is_available():
+        dist.init_process_group = _no_nccl(dist.init_process_group)
+    from torchtpu.device import backend
+
+    backend.cuda_means_tpu = True
     CudaToTPU().__enter__()

@@ -411,18 +411,20 @@ def _make_recipe(
 ) -> Any:
     meta_args = _meta(args)
     meta_kwargs = {k: _meta(v) for k, v in kwargs.items()}
+    lowering = lookup(func)
     try:
         meta_out = func(*meta_args, **meta_kwargs)
     except Exception as exc:
         # Meta tensors cannot say how big nonzero(x) or x[mask] is: a sized op.
         if sized_lowering(func) is not None:
             return _SIZED
-        if _is_user_error(exc):
-            raise
-        return _decomposition_or_fallback(func, f"its meta kernel failed: {exc}")
+        meta_out = _meta_from_lowering(lowering, exc, vals, scalars, args, kwargs, dyn)
+        if meta_out is None:
+            if _is_user_error(exc):
+                raise
+            return _decomposition_or_fallback(func, f"its meta kernel failed: {exc}")
     outputs: list = []
     structure = _structure(meta_out, outputs)
-    lowering = lookup(func)
     if lowering is None:
         return _decomposition_or_fallback(func, "no lowering")
     refusal = lowering.refuses(meta_args, meta_kwargs)
@@ -440,6 +442,42 @@ def _make_recipe(
             return None
         return _decomposition_or_fallback(func, f"its lowering failed: {type(exc).__name__}: {exc}")
     return recipe
+
+
+def _meta_from_lowering(
+    lowering: Any, exc: Exception, vals: list, scalars: list, args: tuple, kwargs: dict, dyn: bool
+) -> Any:
+    """The op's results as meta tensors, from tracing its lowering, for an op PyTorch
+    has no meta kernel for (``_fused_sgd``); ``None`` if that cannot stand in."""
+    if lowering is None or "no fake impl or Meta kernel" not in str(exc):
+        return None
+    template = (_template(args, dyn), {k: _template(v, dyn) for k, v in kwargs.items()})
+    specs = [jax.ShapeDtypeStruct(v.shape, to_jax_dtype(v.dtype)) for v in vals]
+    specs += [lazy.scalar_spec(s) for s in scalars]
+    n = len(vals)
+
+    def run(*xs: Any) -> Any:
+        a, k = lazy.fill(template, iter(xs[:n]), iter(xs[n:]))
+        from torchtpu.lower.interpreter import RngStream, apply
+
+        return apply(lowering, a, k, RngStream(jax.numpy.uint32(0)))
+
+    try:
+        with jax_scope():
+            shapes = jax.eval_shape(run, *specs)
+    except Exception:
+        return None
+    from torchtpu.lower.dtypes import to_torch_dtype
+
+    def meta(value: Any) -> Any:
+        if isinstance(value, jax.ShapeDtypeStruct):
+            dtype = to_torch_dtype(value.dtype)
+            return torch.empty(value.shape, dtype=dtype, device="meta")
+        if isinstance(value, (list, tuple)):
+            return type(value)(meta(v) for v in value)
+        return value
+
+    return meta(shapes)
 
 
 def _is_data_dependent(exc: Exception) -> bool:
@@ -553,18 +591,31 @@ def _mutating(func: Any, args: tuple, kwargs: dict, *, twin: Any) -> Any:
     if "out" in kwargs or (func._schema.arguments and func._schema.arguments[0].name != "self"):
         return _out_variant(func, args, kwargs, twin)
     self = args[0]
-    if type(self) in (list, tuple):  # _foreach_*_: the functional twin lowers whole
-        if not all(isinstance(t, torch.Tensor) and t.device.type == DEVICE_TYPE for t in self):
-            return _fallback(func, args, kwargs, reason="in-place op on non-tpu tensors")
-        results = _values(twin, args, kwargs)
-        for t, v in zip(self, results, strict=True):
-            write(t, _fit(v, read(t).shape, t.dtype, func))
-        return None
+    if type(self) in (list, tuple):  # _foreach_*_, _fused_adamw_: the twin lowers whole
+        return _mutating_lists(func, args, kwargs, twin)
     if not isinstance(self, torch.Tensor) or self.device.type != DEVICE_TYPE:
         return _fallback(func, args, kwargs, reason="in-place op on a non-tpu tensor")
     (v,) = _values(twin, args, kwargs)[:1]
     write(self, _fit(v, read(self).shape, self.dtype, func))
     return self
+
+
+def _mutating_lists(func: Any, args: tuple, kwargs: dict, twin: Any) -> Any:
+    """An in-place op on lists of tensors: its functional twin returns the new value
+    of each list it writes (``self``; for the fused optimizers also the grads and
+    moments), in schema order; each tensor takes its new value."""
+    schema = func._schema.arguments
+    written = [i for i, a in enumerate(schema) if a.alias_info and a.alias_info.is_write]
+    targets = [args[i] if i < len(args) else kwargs[schema[i].name] for i in written]
+    tensors = [t for group in targets for t in (group if type(group) in (list, tuple) else [])]
+    if not all(isinstance(t, torch.Tensor) and t.device.type == DEVICE_TYPE for t in tensors):
+        return _fallback(func, args, kwargs, reason="in-place op on non-tpu tensors")
+    out = _functional(twin, args, kwargs)
+    groups = [out] if len(targets) == 1 else list(out)[: len(targets)]
+    for group, results in zip(targets, groups, strict=True):
+        for t, r in zip(group, results, strict=True):
+            write(t, _fit(read(r), read(t).shape, t.dtype, func))
+    return None
 
 
 def _out_variant(func: Any, args: tuple, kwargs: dict, twin: Any) -> Any:

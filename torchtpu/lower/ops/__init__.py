@@ -9,6 +9,7 @@ from torchtpu.lower.ops import (  # noqa: F401
     ldl,
     linalg,
     nn,
+    optim,
     pointwise,
     prims,
     random,
