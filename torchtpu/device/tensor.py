@@ -46,7 +46,6 @@ from torchtpu.compile.fallback import fall_back
 from torchtpu.compile.sized import run_sized
 from torchtpu.device import lazy
 from torchtpu.device.lazy import SCALAR, TENSOR, Recipe, Value
-from torchtpu.errors import describe_value
 from torchtpu.lower.dtypes import from_numpy, to_jax_dtype
 from torchtpu.lower.registry import lookup, sized_lowering
 from torchtpu.metrics import bump
@@ -926,8 +925,3 @@ def new_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     with jax_scope() as dev:
         array = jax.device_put(np.zeros(shape, to_jax_dtype(dtype)), dev)
     return wrap(Value(tuple(shape), dtype, array))
-
-
-def describe(t: torch.Tensor) -> str:
-    """``Tensor[2, 3]:float32``, for messages."""
-    return describe_value(t)
