@@ -6,6 +6,12 @@ process breaks torch.library (a native error under fake tensors).
 
 import torch
 
+if __name__ != "_unlowered":
+    raise ImportError(
+        f"import this module as `_unlowered`, not `{__name__}`: a second import under "
+        "another name registers its ops twice, and torch.library then fails natively"
+    )
+
 OP = "torchtpu_test.mystery.default"
 
 

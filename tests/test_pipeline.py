@@ -10,9 +10,9 @@ import logging
 import jax
 import pytest
 import torch
+from _unlowered import crashing, mystery_cpu, uncompilable
 
 import torchtpu
-from tests._unlowered import crashing, mystery_cpu, uncompilable
 from torchtpu.compile import program as programs_module
 
 

@@ -103,7 +103,7 @@ def test_user_errors_are_raised_at_the_op():
 
 
 def test_ops_without_lowering_fall_back_visibly():
-    from tests._unlowered import mystery, mystery_cpu
+    from _unlowered import mystery, mystery_cpu
 
     x = torch.tensor([3.0, 1.0, 3.0, 2.0]).to("tpu")
     with pytest.warns(UserWarning, match="has no XLA lowering; it runs in eager PyTorch"):
