@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 from typing import Any
 
 import torch
@@ -182,6 +183,16 @@ def _keep_parameters_when_moving() -> None:
             return to_empty(self, device=device, recurse=recurse)
 
     module.to_empty = moving_to_empty
+    apply = module._apply
+
+    @functools.wraps(apply)
+    def syncing_apply(self: torch.nn.Module, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        steps = sys.modules.get("torchtpu.train.step")  # loaded once a compile_step exists
+        if steps is not None:
+            steps.sync_steps_of(self)  # a step's device copies first, then the move
+        return apply(self, fn, *args, **kwargs)
+
+    module._apply = syncing_apply
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ model on "tpu" never leave the device.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import jax
@@ -145,6 +146,9 @@ class GraphExecutor:
         inputs = list(args[0]) if boxed else list(args)
         if boxed:
             args[0].clear()
+        steps = sys.modules.get("torchtpu.train.step")  # loaded once a compile_step exists
+        if steps is not None:
+            steps.sync_pending()  # a CPU model's trained values, before we read its tensors
         return self._run_with_fallbacks(inputs, to_torch=True)
 
     def _run_with_fallbacks(self, args: list[Any], to_torch: bool) -> list[Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -169,15 +170,22 @@ class CompiledStep:
             )
         self.opts = options_with(overrides, "compile_step")
         self.origin = _origin(fn)
-        self.device = self._state_device()
+        self._tracing = False
+        self._bind_to(self._state_device())
+        self._install_hooks()
+        _LIVE.add(self)
+
+    def _bind_to(self, device: torch.device) -> None:
+        """Keep the state where the model lives: on ``tpu`` in its own tensors, on the
+        CPU as device copies. A model moved since the last call starts afresh there
+        (its state was synced before the move, see :func:`sync_before_move`)."""
+        self.device = device
         self.store = StateStore(
             self._device_dtype,
-            bind_new=self.device.type == DEVICE_TYPE and precision != "bf16-true",
+            bind_new=device.type == DEVICE_TYPE and self.precision != "bf16-true",
         )
         self._programs: dict[Any, tuple[Layout, GraphExecutor, Any]] = {}
-        self._tracing = False
         self._last: GraphExecutor | None = None
-        self._install_hooks()
 
     # --- public -----------------------------------------------------------------
 
@@ -192,6 +200,10 @@ class CompiledStep:
     def _prepare(self, args: tuple, kwargs: dict, device: Any) -> tuple:
         """Bring the state up to date and find (or trace) the program for these inputs."""
         params, buffers = self._params(), self._buffers()
+        moved = self._state_device()
+        if moved != self.device:
+            self.sync()
+            self._bind_to(moved)
         self.store.refresh(self._torch_state(params, buffers), device)
         self._init_zero_state(params)
         layout, flat_batch = self._layout(args, kwargs, params, buffers)
@@ -482,13 +494,49 @@ class CompiledStep:
     # --- keeping torch in step --------------------------------------------------
 
     def _install_hooks(self) -> None:
-        def sync_hook(*_: Any, **__: Any) -> None:
-            if not self._tracing:
-                self.sync()
-
+        for owner in [*self.models, *self.optimizers]:
+            _STEPS_OF.setdefault(owner, weakref.WeakSet()).add(self)
         for model in self.models:
-            model.register_forward_pre_hook(sync_hook)
-            model.register_state_dict_pre_hook(sync_hook)
+            for module in model.modules():
+                _STEPS_OF.setdefault(module, weakref.WeakSet()).add(self)
+            model.register_forward_pre_hook(_sync_hook)
+            model.register_state_dict_pre_hook(_sync_hook)
         for opt in self.optimizers:
-            opt.register_state_dict_pre_hook(sync_hook)
-            opt.register_step_pre_hook(sync_hook)
+            opt.register_state_dict_pre_hook(_sync_hook)
+            opt.register_step_pre_hook(_sync_hook)
+
+
+# Every module and optimizer a compile_step holds state for, and its steps. Their
+# forward, state_dict and step hooks, and a move of a module (``to``, ``cuda``,
+# ``cpu``, ``half``: PyTorch's ``Module._apply``), sync those steps first.
+_STEPS_OF: weakref.WeakKeyDictionary[Any, weakref.WeakSet[CompiledStep]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_LIVE: weakref.WeakSet[CompiledStep] = weakref.WeakSet()
+
+
+def sync_pending() -> None:
+    """Sync every step whose state has device copies newer than torch's: before a
+    ``torch.compile`` program reads a model's tensors. (Dynamo does not guard on a
+    module's hooks, so a forward hook may not run under it.)"""
+    for step in list(_LIVE):
+        if step.store.dirty and not step._tracing:
+            step.sync()
+
+
+def sync_steps_of(owner: Any) -> None:
+    """Copy the state that compile_steps of ``owner`` (a module or an optimizer) hold as
+    device copies into torch, so eager code, a move or a save sees the trained values."""
+    for step in list(_STEPS_OF.get(owner, ())):
+        if not step._tracing:
+            step.sync()
+
+
+# One function for every step, not a closure per step, and run eagerly: torch.compile
+# of a model keeps the hook it saw in its compiled code, and another model's compiled
+# call would run that one.
+@torch.compiler.disable
+def _sync_hook(owner: Any, *_: Any, **__: Any) -> None:
+    sync_steps_of(owner)
