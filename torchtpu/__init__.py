@@ -8,6 +8,7 @@ options, metrics and reports.
 """
 
 from torchtpu.capture import tpu_backend
+from torchtpu.capture.bucket import mark_bucketed
 from torchtpu.compile.program import Program, clear_program_cache, compile_log
 from torchtpu.config import Options, options, set_options
 from torchtpu.device import device_mode, patch_cuda, set_device_mode, sync
@@ -17,6 +18,8 @@ from torchtpu.errors import (
     LoweringError,
     LoweringUnsupported,
     OutOfMemoryError,
+    RecompileError,
+    RecompileWarning,
     TorchTPUError,
     UnsupportedOpError,
 )
@@ -33,6 +36,8 @@ __all__ = [
     "LoweringError",
     "LoweringUnsupported",
     "OutOfMemoryError",
+    "RecompileError",
+    "RecompileWarning",
     "Program",
     "Options",
     "TorchTPUError",
@@ -42,6 +47,7 @@ __all__ = [
     "compile_log",
     "device_mode",
     "examine",
+    "mark_bucketed",
     "compile_step",
     "metrics",
     "options",

@@ -48,6 +48,23 @@ class Options:
         each step instead of page-faulting fresh ones in. Read when torchtpu
         first picks its device. Env: ``TORCHTPU_CPU_KEEP_HOST_MEMORY=0`` turns
         it off (default on).
+    warn_recompiles: after this many recompiles of one graph (new input shapes),
+        warn once, naming the graph's line and the dimensions that varied.
+        Env: ``TORCHTPU_WARN_RECOMPILES`` (default 8; 0 never warns).
+    max_recompiles: the recompile after this many is a :class:`RecompileError`
+        instead; ``None`` (the default) sets no limit. Env: ``TORCHTPU_MAX_RECOMPILES``.
+    bucket: ``"pow2"`` pads the dimensions marked with
+        :func:`torchtpu.mark_bucketed` up to the next power of two, so a graph
+        compiles once per bucket rather than once per size; ``None`` (default)
+        leaves every shape as it is. ``torch.compile`` only. Env: ``TORCHTPU_BUCKET``.
+    check_bounds: indexing ops (``index``, ``index_select``, ``gather``,
+        ``scatter*``, ``index_put``, ``embedding``, ``take``) check their
+        indices inside the program, and an index out of range raises
+        ``IndexError`` when the program's results are next read.
+        Env: ``TORCHTPU_CHECK_BOUNDS=0`` turns it off (default on).
+    debug_nans: a program whose floating-point outputs hold a NaN or Inf is
+        re-run op by op, and the first op that made one is named in a
+        :class:`FloatingPointError`. Env: ``TORCHTPU_DEBUG_NANS``.
     """
 
     platform: str | None = dataclasses.field(
@@ -64,6 +81,25 @@ class Options:
     max_graph_ops: int = dataclasses.field(
         default_factory=lambda: int(os.environ.get("TORCHTPU_MAX_GRAPH_OPS") or 20000)
     )
+    warn_recompiles: int = dataclasses.field(
+        default_factory=lambda: int(os.environ.get("TORCHTPU_WARN_RECOMPILES") or 8)
+    )
+    max_recompiles: int | None = dataclasses.field(
+        default_factory=lambda: (
+            int(os.environ["TORCHTPU_MAX_RECOMPILES"])
+            if os.environ.get("TORCHTPU_MAX_RECOMPILES")
+            else None
+        )
+    )
+    bucket: str | None = dataclasses.field(
+        default_factory=lambda: os.environ.get("TORCHTPU_BUCKET") or None
+    )
+    check_bounds: bool = dataclasses.field(
+        default_factory=lambda: (
+            os.environ.get("TORCHTPU_CHECK_BOUNDS", "1").strip() not in {"0", "false", "no", "off"}
+        )
+    )
+    debug_nans: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_DEBUG_NANS"))
     cpu_keep_host_memory: bool = dataclasses.field(
         default_factory=lambda: (
             os.environ.get("TORCHTPU_CPU_KEEP_HOST_MEMORY", "1").strip()

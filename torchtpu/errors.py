@@ -46,6 +46,15 @@ class OutOfMemoryError(DeviceError):
     """The device ran out of memory running a program (docs/errors.md#out-of-memory)."""
 
 
+class RecompileError(TorchTPUError):
+    """A graph recompiled more often than ``max_recompiles`` allows
+    (docs/errors.md#recompiles)."""
+
+
+class RecompileWarning(UserWarning):
+    """A graph has recompiled ``warn_recompiles`` times (docs/errors.md#recompiles)."""
+
+
 def describe_value(value: Any) -> str:
     """A short description of an op argument: shape and dtype for tensors."""
     if isinstance(value, torch.Tensor):

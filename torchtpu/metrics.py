@@ -19,6 +19,7 @@ def _fresh() -> dict[str, Any]:
         "graph_breaks": 0,
         "graphs": 0,
         "recompiles": 0,
+        "recompiles_by_graph": collections.Counter(),
         "executions": 0,
         "size_reads": 0,
         "host_to_device": 0,
@@ -60,11 +61,13 @@ def metrics() -> dict[str, Any]:
     from the in-memory cache), ``compile_seconds``, ``trace_seconds``,
     ``fallbacks`` (op -> eager runs), ``graph_breaks`` (Dynamo), ``graphs``
     (FX graphs received), ``recompiles`` (new shapes for a graph already
-    compiled), ``executions``, ``size_reads`` (sizes or ``.item()`` values of
-    data-dependent ops read back to the host), ``host_to_device`` / ``host_to_device_bytes``
-    (tensors uploaded), ``resident_hits`` (inputs already on the device) and
-    ``device_to_host``; ``persistent_cache_hits`` / ``persistent_cache_misses``
-    (programs found in, or added to, the on-disk compilation cache).
+    compiled), ``recompiles_by_graph`` (graph, named by its source line ->
+    recompiles; see ``warn_recompiles``), ``executions``, ``size_reads``
+    (sizes or ``.item()`` values of data-dependent ops read back to the host),
+    ``host_to_device`` / ``host_to_device_bytes`` (tensors uploaded),
+    ``resident_hits`` (inputs already on the device) and ``device_to_host``;
+    ``persistent_cache_hits`` / ``persistent_cache_misses`` (programs found
+    in, or added to, the on-disk compilation cache).
 
     Device mode (tensors on ``"tpu"``): ``syncs`` (reason -> times the
     recorded graph was run: ``item``, ``to_cpu``, ``print``, ``explicit``,
@@ -83,6 +86,7 @@ def metrics() -> dict[str, Any]:
     """
     snap = copy.deepcopy(_COUNTERS)
     snap["fallbacks"] = dict(snap["fallbacks"])
+    snap["recompiles_by_graph"] = dict(snap["recompiles_by_graph"])
     snap["graph_breaks"] = _dynamo_graph_breaks()
     return snap
 

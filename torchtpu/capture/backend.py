@@ -16,6 +16,7 @@ import torch
 import torch.fx
 from torch._dynamo.backends.common import aot_autograd
 
+from torchtpu.capture.bucket import bucketed, source_name
 from torchtpu.config import options_with
 from torchtpu.decompose import decomposition_table
 from torchtpu.metrics import bump
@@ -50,13 +51,20 @@ def tpu_backend(
     opts = options_with(options, "torch.compile(backend='tpu')")
     bump("graphs")
 
+    # The user's names for the graph's inputs (``L['x']``), for recompile reports:
+    # AOTAutograd's forward takes them in the same order.
+    names = [source_name(n) for n in gm.graph.nodes if n.op == "placeholder"]
+
     def compiler(name: str):
         def compile_graph(graph: torch.fx.GraphModule, inputs: Sequence[Any]) -> GraphExecutor:
-            return GraphExecutor(graph, opts, name=name)
+            return GraphExecutor(
+                graph, opts, name=name, input_names=names if name == "forward" else None
+            )
 
         return compile_graph
 
-    return aot_backend(compiler)(gm, example_inputs)
+    compiled = aot_backend(compiler)(gm, example_inputs)
+    return bucketed(compiled, gm, opts.bucket) if opts.bucket else compiled
 
 
 _ROUTED = False

@@ -34,6 +34,7 @@ from torchtpu.compile.program import (
     lower_segment,
     segment_origin,
 )
+from torchtpu.compile.recompiles import note_recompile
 from torchtpu.compile.sized import SizedFailure, run_sized
 from torchtpu.config import Options, options
 from torchtpu.errors import TorchTPUError, user_site
@@ -72,6 +73,7 @@ class GraphExecutor:
         name: str = "graph",
         donate: frozenset[int] = frozenset(),
         origin: str | None = None,
+        input_names: list[str] | None = None,
     ) -> None:
         self.gm = gm
         self.name = name
@@ -84,6 +86,11 @@ class GraphExecutor:
         self.opts = opts or options()
         self._strict_error: TorchTPUError | None = None
         self.placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        # What recompile reports call each input: the user's names where the
+        # front end knows them, else the graph's.
+        self._input_names = {n: n.name for n in self.placeholders}
+        if input_names is not None and len(input_names) == len(self.placeholders):
+            self._input_names.update(zip(self.placeholders, input_names, strict=True))
         self.output_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
         self.eager_nodes: set[torch.fx.Node] = set()
         for node in gm.graph.nodes:
@@ -278,8 +285,16 @@ class GraphExecutor:
         if program is not None:
             bump("cache_hits")
         else:
-            if any(k[0] == index for k in self._programs):
-                bump("recompiles")
+            before = [k[1] for k in self._programs if k[0] == index]
+            if before:
+                note_recompile(
+                    f"{self._origin(segment)} ({self.name})",
+                    [_shapes(sig) for sig in [*before, signature]],
+                    self.opts,
+                    [self._input_names.get(n, n.name) for n in segment.inputs]
+                    if len(leaves) == len(segment.inputs)
+                    else (),
+                )
             program = build_program(
                 segment,
                 treedef,
@@ -465,6 +480,11 @@ def _with_view_layout(data: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     with contextlib.suppress(RuntimeError):  # overlapping layouts (expand) take no copy
         out.copy_(data)
     return out
+
+
+def _shapes(signature: Any) -> list[tuple[int, ...] | None]:
+    """A signature's input shapes, ``None`` for static leaves (for recompile reports)."""
+    return [None if leaf[0] == "static" else tuple(leaf[0]) for leaf in signature[1]]
 
 
 def device_leaves(values: Any, device: jax.Device | None) -> tuple[list[Any], Any, Any]:

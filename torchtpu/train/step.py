@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
+from torchtpu.compile.recompiles import note_recompile
 from torchtpu.config import options_with
 from torchtpu.errors import TorchTPUError
 from torchtpu.lower.dtypes import to_jax_dtype
@@ -209,6 +210,13 @@ class CompiledStep:
         layout, flat_batch = self._layout(args, kwargs, params, buffers)
         key = self._signature(layout, flat_batch)
         if key not in self._programs:
+            if self._programs:
+                note_recompile(
+                    self.origin,
+                    [[tuple(shape) for shape, _ in k[3]] for k in [*self._programs, key]],
+                    self.opts,
+                    [f"batch input {i}" for i in range(len(flat_batch))],
+                )
             self._programs[key] = self._compile(layout, flat_batch)
         layout, executor, out_spec = self._programs[key]
         self._last = executor
