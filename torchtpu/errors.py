@@ -46,6 +46,12 @@ class OutOfMemoryError(DeviceError):
     """The device ran out of memory running a program (docs/errors.md#out-of-memory)."""
 
 
+class IndexOutOfRangeError(TorchTPUError, IndexError):
+    """An indexing op in a compiled program got an index out of range
+    (docs/errors.md#index-out-of-range). Raised when the program's results are
+    next read; an ``IndexError`` (as eager PyTorch raises) and a ``RuntimeError``."""
+
+
 class RecompileError(TorchTPUError):
     """A graph recompiled more often than ``max_recompiles`` allows
     (docs/errors.md#recompiles)."""
@@ -91,7 +97,7 @@ _OUR_DIRS = (
 )
 
 
-def _is_user_frame(filename: str) -> bool:
+def is_user_frame(filename: str) -> bool:
     path = os.path.abspath(filename)
     return not path.startswith(_OUR_DIRS) and not filename.startswith("<")
 
@@ -100,7 +106,7 @@ def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning raised by our caller point at the user's line."""
     frame, level = sys._getframe(1), 1
     while frame is not None:
-        if _is_user_frame(frame.f_code.co_filename):
+        if is_user_frame(frame.f_code.co_filename):
             return level
         frame, level = frame.f_back, level + 1
     return 1
@@ -110,7 +116,7 @@ def user_site() -> str:
     """``file:line`` of the innermost caller outside torch, torchtpu and the stdlib."""
     frame = sys._getframe(1)
     while frame is not None:
-        if _is_user_frame(frame.f_code.co_filename):
+        if is_user_frame(frame.f_code.co_filename):
             return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"

@@ -30,9 +30,17 @@ import torch.fx
 
 from torchtpu.compile.partition import Segment
 from torchtpu.config import options
-from torchtpu.errors import CompileError, DeviceError, LoweringUnsupported, OutOfMemoryError
+from torchtpu.errors import (
+    CompileError,
+    DeviceError,
+    LoweringUnsupported,
+    OutOfMemoryError,
+    describe_value,
+)
+from torchtpu.lower import checks as index_checks
+from torchtpu.lower.checks import Check
 from torchtpu.lower.dtypes import to_numpy
-from torchtpu.lower.interpreter import RngStream, needs_rng, run_nodes
+from torchtpu.lower.interpreter import RngStream, map_args, needs_rng, run_nodes
 from torchtpu.metrics import bump
 from torchtpu.runtime import platform_name
 
@@ -54,6 +62,8 @@ class Program:
         uses_rng: bool,
         n_ops: int,
         seconds: float,
+        checks: list[Check] | None = None,
+        replay: Callable[[Sequence[Any], Any], None] | None = None,
     ) -> None:
         self.name = name
         self.origin = origin
@@ -67,6 +77,11 @@ class Program:
         self.n_ops = n_ops
         self.compile_seconds = seconds
         self.runs = 0
+        # Bounds checks compiled in: the program's last output holds their flags.
+        self.checks = checks or []
+        # Runs the program's ops one at a time and names the first to make a NaN or
+        # Inf (TORCHTPU_DEBUG_NANS); None for programs not built from FX nodes.
+        self.replay = replay
 
     def __call__(self, arrays: Sequence[Any], seed: Any = None) -> Any:
         try:
@@ -74,6 +89,11 @@ class Program:
         except jax.errors.JaxRuntimeError as exc:
             raise _device_error(self, exc) from exc
         self.runs += 1
+        if self.checks:
+            *results, flags = results
+            index_checks.pending(flags, self.checks)
+        if self.replay is not None and options().debug_nans and _non_finite(results):
+            self.replay(arrays, seed)
         if self.treedef is None:
             return results
         if not self.static_outputs:
@@ -202,6 +222,8 @@ class Lowered:
         n_ops: int,
         out_info: Callable[[], tuple[Any, dict[int, Any]]] | None,
         trace_seconds: float,
+        checks: Callable[[], list[Check]] | None = None,
+        replay: Callable[[Sequence[Any], Any], None] | None = None,
     ) -> None:
         self.name = name
         self.origin = origin
@@ -211,6 +233,8 @@ class Lowered:
         self.n_ops = n_ops
         self.out_info = out_info
         self.trace_seconds = trace_seconds
+        self.checks = checks
+        self.replay = replay
 
     def __repr__(self) -> str:
         return f"Lowered({self.name}: {self.n_ops} ops, built at {self.origin})"
@@ -248,6 +272,8 @@ class Lowered:
             self.uses_rng,
             self.n_ops,
             self.trace_seconds + seconds,
+            self.checks() if self.checks is not None else None,
+            self.replay,
         )
         _log_compile(program)
         return program
@@ -264,6 +290,8 @@ def lower_function(
     donate: Sequence[int] = (),
     n_ops: int = 0,
     out_info: Callable[[], tuple[Any, dict[int, Any]]] | None = None,
+    checks: Callable[[], list[Check]] | None = None,
+    replay: Callable[[Sequence[Any], Any], None] | None = None,
 ) -> Lowered:
     """Trace ``fn`` (a function of JAX arrays) for ``specs`` and lower it to StableHLO.
 
@@ -273,6 +301,10 @@ def lower_function(
     ``out_info``: called after tracing, gives the output treedef and the outputs
     that are Python values rather than arrays; by default the compiled program
     returns ``fn``'s result structure.
+    ``checks``: called after tracing, gives the bounds checks whose flags ``fn``
+    returns as its last output (see ``torchtpu.lower.checks``).
+    ``replay``: ``replay(arrays, seed)`` reruns the program op by op to name the
+    first op that makes a NaN or Inf (``TORCHTPU_DEBUG_NANS``).
     """
     all_specs = list(specs)
     if uses_rng:
@@ -286,7 +318,7 @@ def lower_function(
         lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*all_specs)
     seconds = time.perf_counter() - start
     bump("trace_seconds", seconds)
-    return Lowered(name, origin, lowered, specs, uses_rng, n_ops, out_info, seconds)
+    return Lowered(name, origin, lowered, specs, uses_rng, n_ops, out_info, seconds, checks, replay)
 
 
 def compile_function(fn: Callable[..., Any], specs: Sequence[Any], **kwargs: Any) -> Program:
@@ -316,13 +348,22 @@ def lower_segment(
     static = {i: v for i, v in enumerate(leaves) if not _is_array_like(v)}
     static_outputs: dict[int, Any] = {}
     out_treedefs: list[Any] = []
+    compiled_checks: list[Check] = []
+
+    def inputs(arrays: Sequence[Any]) -> dict[torch.fx.Node, Any]:
+        it = iter(arrays)
+        flat_in = [static[i] if i in static else next(it) for i in range(len(leaves))]
+        tree = jax.tree_util.tree_unflatten(treedef, flat_in)
+        return dict(zip(segment.inputs, tree, strict=True))
 
     def program(*args: Any) -> list[Any]:
         seed, arrays = (args[0], args[1:]) if uses_rng else (None, args)
-        it = iter(arrays)
-        flat_in = [static[i] if i in static else next(it) for i in range(len(leaves))]
-        env = dict(zip(segment.inputs, jax.tree_util.tree_unflatten(treedef, flat_in), strict=True))
-        run_nodes(segment.nodes, env, RngStream(seed))
+        env = inputs(arrays)
+        found = index_checks.collecting()
+        try:
+            run_nodes(segment.nodes, env, RngStream(seed))
+        finally:
+            index_checks.done(found)
         flat, out_treedef = jax.tree_util.tree_flatten([env[n] for n in segment.outputs])
         out_treedefs.append(out_treedef)
         static_outputs.clear()
@@ -332,6 +373,11 @@ def lower_segment(
                 traced.append(leaf)
             else:
                 static_outputs[i] = leaf
+        compiled_checks.clear()
+        if found:
+            flags, compiled = index_checks.packed(found)
+            compiled_checks.extend(compiled)
+            traced.append(flags)
         return traced
 
     specs = [
@@ -349,7 +395,40 @@ def lower_segment(
         donate=donated,
         n_ops=len(segment.nodes),
         out_info=lambda: (out_treedefs[-1], dict(static_outputs)),
+        checks=lambda: list(compiled_checks),
+        replay=lambda arrays, seed: _replay(segment, inputs(arrays), seed, name, origin),
     )
+
+
+def _non_finite(values: Any) -> bool:
+    return any(
+        isinstance(v, jax.Array)
+        and jnp.issubdtype(v.dtype, jnp.inexact)
+        and not bool(jnp.isfinite(v).all())
+        for v in jax.tree_util.tree_leaves(values)
+    )
+
+
+def _replay(
+    segment: Segment, env: dict[torch.fx.Node, Any], seed: Any, name: str, origin: str | None
+) -> None:
+    """Run ``segment``'s ops one at a time on these inputs (JAX runs each at once) and
+    raise ``FloatingPointError`` naming the first whose result is not finite."""
+    bad_inputs = [n.name for n in segment.inputs if _non_finite(env.get(n))]
+    rng = RngStream(seed)
+    for node in segment.nodes:
+        run_nodes([node], env, rng)
+        if node.op == "call_function" and _non_finite(env[node]):
+            where = index_checks.node_line(node) or origin or segment_origin(segment)
+            inputs = [describe_value(a) for a in map_args(node.args, env)]
+            held = (
+                f" The program's inputs {bad_inputs} already held NaN or Inf." if bad_inputs else ""
+            )
+            raise FloatingPointError(
+                f"TORCHTPU_DEBUG_NANS: {node.target}({', '.join(inputs)}) made a NaN or Inf, "
+                f"at {where} (the first op to, in the {name} program).{held} "
+                "See docs/errors.md#nan-or-inf."
+            )
 
 
 def build_program(*args: Any, **kwargs: Any) -> Program:
@@ -406,6 +485,7 @@ def fingerprint(segment: Segment) -> str:
             digest.update(_constant_digest(node))
     digest.update(("out:" + encode(segment.outputs)).encode())
     digest.update(torch.get_float32_matmul_precision().encode())
+    digest.update(f"bounds={options().check_bounds}".encode())
     return digest.hexdigest()
 
 

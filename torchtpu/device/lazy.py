@@ -42,6 +42,8 @@ from torchtpu.compile.partition import Segment
 from torchtpu.compile.program import CACHE, Program, build_program
 from torchtpu.config import options
 from torchtpu.errors import user_site
+from torchtpu.lower import checks
+from torchtpu.lower.checks import CHECKED_OPS
 from torchtpu.lower.dtypes import to_jax_dtype
 from torchtpu.lower.interpreter import RngStream, apply
 from torchtpu.metrics import _COUNTERS, bump
@@ -104,6 +106,8 @@ class Recipe:
         self.meta_out = meta_out
         self.paths = _paths(meta_out)
         self.specs: list[jax.ShapeDtypeStruct] = []
+        schema = getattr(op, "_schema", None)
+        self.checked = schema is not None and schema.name.split("::")[-1] in CHECKED_OPS
 
     def __repr__(self) -> str:
         return f"Recipe({self.op}, {len(self.outputs)} output(s))"
@@ -194,6 +198,7 @@ class Graph:
         self.keys: list[tuple[int, tuple[int, ...]]] = []
         self.values: list[weakref.ref] = []
         self.seeds: list[int] = []  # one per random op, drawn when it was recorded
+        self.sites: dict[int, str] = {}  # node -> user's line, for indexing ops' checks
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -240,13 +245,15 @@ class Graph:
             placeholders.append(node)
         slots: dict[int, torch.fx.Node] = {}
         body: list[torch.fx.Node] = []
-        for recipe, refs, first in self.nodes:
+        for k, (recipe, refs, first) in enumerate(self.nodes):
             ins = [placeholders[-r - 1] if r < 0 else slots[r] for r in refs]
             args, kwargs = fill(
                 recipe.template, iter(ins[: recipe.n_tensors]), iter(ins[recipe.n_tensors :])
             )
             node = graph.call_function(recipe.op, tuple(args), kwargs)
             node.meta["val"] = recipe.meta_out
+            if k in self.sites:
+                node.meta["torchtpu_site"] = self.sites[k]
             body.append(node)
             for i, path in enumerate(recipe.paths):
                 item, meta = node, recipe.meta_out
@@ -338,6 +345,8 @@ def record(
         out = Value(shape, dtype, None, graph, len(graph.values))
         graph.values.append(weakref.ref(out))
         outs.append(out)
+    if opts.check_bounds and recipe.checked:
+        graph.sites[len(graph.nodes)] = user_site()
     graph.nodes.append((recipe, refs_t, first))
     graph.keys.append((recipe.uid, refs_t))
     if seed is not None:
@@ -360,7 +369,7 @@ def _run_eagerly(
             sync("explicit")
     ins = [v.array for v in values] + list(scalars)
     with jax_scope():
-        key = ("op", recipe.uid)
+        key = ("op", recipe.uid, options().check_bounds)
         program = CACHE.get(key)
         if program is None:
             graph = Graph()
@@ -374,6 +383,7 @@ def _run_eagerly(
         arrays = program(ins, seeds)
         if blocking:
             jax.block_until_ready(arrays)
+            checks.raise_pending()  # at the op's own line
     bump("eager_ops")
     return [
         Value(shape, dtype, a) for (shape, dtype), a in zip(recipe.outputs, arrays, strict=True)
@@ -409,7 +419,7 @@ def sync(reason: str = "explicit") -> None:
     if not live:
         return
     donate = _donatable(graph.inputs, live)
-    key = ("fused", tuple(graph.keys), tuple(slots), donate)
+    key = ("fused", tuple(graph.keys), tuple(slots), donate, options().check_bounds)
     with jax_scope():
         program = CACHE.get(key)
         if program is None:

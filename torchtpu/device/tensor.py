@@ -46,6 +46,7 @@ from torchtpu.compile.fallback import fall_back
 from torchtpu.compile.sized import run_sized
 from torchtpu.device import lazy
 from torchtpu.device.lazy import SCALAR, TENSOR, Recipe, Value
+from torchtpu.lower import checks
 from torchtpu.lower.dtypes import from_numpy, to_jax_dtype
 from torchtpu.lower.registry import lookup, sized_lowering
 from torchtpu.metrics import bump
@@ -192,6 +193,7 @@ def to_cpu(t: torch.Tensor, reason: str) -> torch.Tensor:
     # A copy: on the CPU platform np.asarray may view the device buffer itself,
     # which a later program may donate (and XLA reuse) while torch still reads it.
     host = np.array(materialize(v, reason), copy=True)
+    checks.raise_pending()  # an index out of range in the program that made it
     bump("device_to_host")
     bump("device_to_host_bytes", host.nbytes)
     return from_numpy(host).reshape(v.shape)

@@ -21,6 +21,7 @@ import torch.fx
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from torchtpu.errors import LoweringUnsupported
+from torchtpu.lower import checks
 from torchtpu.lower.dtypes import (
     is_array,
     promoted_dtypes,
@@ -190,6 +191,7 @@ def run_nodes(
     """Evaluate ``nodes`` (no placeholders or output) into ``env`` with JAX."""
     for node in nodes:
         if node.op == "call_function":
+            checks.at_node(node)
             env[node] = _call(node, env, rng)
         elif node.op == "get_attr":
             env[node] = _constant(node)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import torch
 
+from torchtpu.lower import checks
 from torchtpu.lower.dtypes import from_numpy, to_numpy
 from torchtpu.metrics import bump
 
@@ -137,6 +138,7 @@ def from_device(array: jax.Array, like: torch.device | None = None) -> torch.Ten
 
     ``like`` is the torch device the result should live on (CPU by default).
     """
+    checks.raise_pending()  # an index out of range in the program that made it
     target = like or torch.device("cpu")
     platform = next(iter(array.devices())).platform
     shared = (target.type == "cpu" and platform == "cpu") or (

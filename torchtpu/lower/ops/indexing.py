@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from torchtpu.errors import LoweringUnsupported
+from torchtpu.lower.checks import bounds
 from torchtpu.lower.ops._util import aten, canon_dim
 from torchtpu.lower.registry import register
 
@@ -29,7 +32,10 @@ def _along(x, dim, index):
 @register(aten.gather.default)
 def gather(x, dim, index, *, sparse_grad=False):
     if x.ndim == 0:
+        bounds("gather", index, 1, dim=0, negative=False)
         return x.reshape(index.shape)
+    axis = canon_dim(dim, x.ndim)
+    bounds("gather", index, x.shape[axis], dim=axis, negative=False)
     idx, _ = _along(x, dim, index)
     return x[idx]
 
@@ -43,6 +49,7 @@ def take(x, index):
     # is wrapped once more, as JAX indexing does, then clamped (-numel - 1 reads the last
     # element, -2 * numel - 1 the first).
     flat = x.reshape(-1)
+    bounds("take", index, flat.shape[0], negative=True)
     return flat[_wrap(index, flat.shape[0])]
 
 
@@ -50,7 +57,9 @@ def take(x, index):
 def index_select(x, dim, index):
     axis = canon_dim(dim, x.ndim)
     if x.ndim == 0:
+        bounds("index_select", index, 1, dim=0, negative=False)
         return x
+    bounds("index_select", index, x.shape[axis], dim=axis, negative=False)
     return jnp.take(x, _wrap(index, x.shape[axis]), axis=axis)
 
 
@@ -73,9 +82,12 @@ def _mode(reduce, dtype):
     return mode
 
 
-def _scatter(x, dim, index, src, reduce=None):
+def _scatter(x, dim, index, src, reduce=None, op="scatter"):
     if x.ndim == 0:
+        bounds(op, index, 1, dim=0, negative=False)
         return jnp.asarray(src, x.dtype).reshape(()) if index.size else x
+    axis = canon_dim(dim, x.ndim)
+    bounds(op, index, x.shape[axis], dim=axis, negative=False)
     idx, _ = _along(x, dim, index)
     if not hasattr(src, "shape") or src.ndim == 0:
         values = jnp.broadcast_to(jnp.asarray(src, x.dtype), index.shape)
@@ -96,11 +108,13 @@ def scatter_reduce_legacy(x, dim, index, src, *, reduce):
 
 @register(aten.scatter_add.default)
 def scatter_add(x, dim, index, src):
-    return _scatter(x, dim, index, src, "add")
+    return _scatter(x, dim, index, src, "add", op="scatter_add")
 
 
 @register(aten.scatter_reduce.two)
 def scatter_reduce(x, dim, index, src, reduce, *, include_self=True):
+    axis = canon_dim(dim, max(x.ndim, 1))
+    bounds("scatter_reduce", index, x.shape[axis] if x.ndim else 1, dim=axis, negative=False)
     if reduce == "mean":
         hits = _scatter(
             jnp.zeros(x.shape, x.dtype), dim, index, jnp.ones(index.shape, x.dtype), "add"
@@ -130,7 +144,7 @@ def _highest(dtype):
     return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
 
 
-def _advanced_index(x, indices):
+def _advanced_index(x, indices, op="index"):
     """PyTorch's ``x[indices]`` where ``None`` entries keep a dimension whole."""
     index = []
     for axis, ix in enumerate(indices):
@@ -141,6 +155,7 @@ def _advanced_index(x, indices):
                 "boolean-mask indexing has a data-dependent shape; use torch.where instead"
             )
         else:
+            bounds(op, ix, x.shape[axis], dim=axis, negative=True)
             index.append(_wrap(ix, x.shape[axis]))
     return tuple(index)
 
@@ -156,7 +171,7 @@ def index_put(x, indices, values, accumulate=False):
     masked = _mask_put(x, indices, values, accumulate)
     if masked is not None:
         return masked
-    at = x.at[_advanced_index(x, indices)]
+    at = x.at[_advanced_index(x, indices, "index_put")]
     return getattr(at, _mode("add", x.dtype))(values) if accumulate else at.set(values)
 
 
@@ -188,8 +203,9 @@ def unsafe_index(x, indices):
     return x[_advanced_index(x, indices)]
 
 
-def _along_dim(fn):
-    """Apply ``fn(moved, index, *rest)`` with ``dim`` moved to the front.
+def _along_dim(fn, negative=False):
+    """Apply ``fn(moved, index, *rest)`` with ``dim`` moved to the front, the index
+    checked (``negative``: PyTorch accepts indices from ``-size``).
 
     A 0-d ``x`` is treated as a 1-element vector, as PyTorch does.
     """
@@ -198,6 +214,7 @@ def _along_dim(fn):
         scalar = x.ndim == 0
         x1 = x.reshape(1) if scalar else x
         axis = canon_dim(dim, x1.ndim)
+        bounds(fn.__name__, index, x1.shape[axis], dim=axis, negative=negative)
         rest = [
             (jnp.moveaxis(r.reshape(1) if r.ndim == 0 else r, axis, 0) if hasattr(r, "ndim") else r)
             for r in rest
@@ -223,7 +240,7 @@ def index_copy(x, index, source):
 
 
 @register(aten.index_fill.int_Scalar, aten.index_fill.int_Tensor)
-@_along_dim
+@functools.partial(_along_dim, negative=True)
 def index_fill(x, index, value):
     return x.at[index].set(jnp.asarray(value, x.dtype))
 
@@ -247,6 +264,7 @@ def index_reduce(x, index, source, reduce, *, include_self=True):
 @register(aten.put.default)
 def put(x, index, source, accumulate=False):
     flat = x.reshape(-1)
+    bounds("put", index, flat.shape[0], negative=True)
     at = flat.at[_wrap(index.reshape(-1), flat.shape[0])]
     values = source.reshape(-1).astype(x.dtype)
     out = getattr(at, _mode("add", x.dtype))(values) if accumulate else at.set(values)
@@ -284,6 +302,7 @@ def searchsorted(seq, values, *, out_int32=False, right=False, side=None, sorter
 
 @register(aten.embedding.default)
 def embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    bounds("embedding", indices, weight.shape[0], dim=0, negative=False)
     return jnp.take(weight, indices, axis=0)
 
 
