@@ -73,7 +73,14 @@ def install() -> None:
     register_optimizer_step_post_hook(_after_optimizer_step)
     _route_storage_users()
     _keep_parameters_when_moving()
+    # A tpu view owns its storage (its strides are its own, not offsets into its
+    # base's), so autograd must rebuild views by replaying the view ops rather than
+    # with as_strided: an in-place op on a view (x[:, :n].copy_(y)) then gets the
+    # right gradients. The same switch AOTAutograd turns on while it traces. It is
+    # thread-local: set for the thread that imports torchtpu.
+    torch._C._set_view_replay_enabled(True)
     _host_side_for_pinned_memory()
+    _grouped_mm_meta()
     _accelerator_api()
     _load_onto_the_device()
     from torchtpu.capture.backend import route_default_backend
@@ -216,6 +223,34 @@ def _swapping(model: torch.nn.Module, device: torch.device | None) -> Any:
         from torchtpu.device import generation
 
         generation.install(model)
+
+
+def _grouped_mm_meta() -> None:
+    """``aten._grouped_mm``'s meta kernel checks CUDA's limit (bfloat16 only), so
+    Dynamo and device mode refused a float32 grouped matmul that XLA, and PyTorch's
+    own CPU kernel, run. Ours checks the shapes alone: it gives PyTorch's output
+    shape and the operands' (or ``out_dtype``'s) dtype."""
+    from torch._meta_registrations import _create_grouped_mm_output_tensor
+
+    op = torch.ops.aten._grouped_mm.default
+
+    def meta(a, b, offs=None, bias=None, out_dtype=None):
+        torch._check(
+            a.dim() in (2, 3) and b.dim() in (2, 3),
+            lambda: f"_grouped_mm: operands must be 2-d or 3-d, got {a.dim()}-d and {b.dim()}-d",
+        )
+        torch._check(
+            (a.dim() == 3 and b.dim() == 3) or offs is not None,
+            lambda: "_grouped_mm: a 2-d operand needs offs",
+        )
+        return _create_grouped_mm_output_tensor(a, b, offs, out_dtype)
+
+    library = torch.library.Library("aten", "IMPL")
+    library.impl("_grouped_mm", meta, "Meta", allow_override=True)
+    _LIBRARIES.append(library)
+    torch._decomp.meta_table[op] = meta
+    op.py_kernels[torch._C.DispatchKey.Meta] = meta  # what the Python dispatcher runs
+    op._dispatch_cache.clear()
 
 
 def _host_side_for_pinned_memory() -> None:

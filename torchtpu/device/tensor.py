@@ -419,7 +419,7 @@ def _make_recipe(
         # Meta tensors cannot say how big nonzero(x) or x[mask] is: a sized op.
         if sized_lowering(func) is not None:
             return _SIZED
-        meta_out = _meta_from_lowering(lowering, exc, vals, scalars, args, kwargs, dyn)
+        meta_out = _meta_from_lowering(func, lowering, exc, vals, scalars, args, kwargs, dyn)
         if meta_out is None:
             if _is_user_error(exc):
                 raise
@@ -445,12 +445,26 @@ def _make_recipe(
     return recipe
 
 
+# Ops whose meta kernels check the dtype limits of CUDA's kernels (``_grouped_mm``
+# takes bfloat16 alone there), which XLA does not share.
+_CUDA_LIMITED_META = frozenset({torch.ops.aten._grouped_mm.default})
+
+
 def _meta_from_lowering(
-    lowering: Any, exc: Exception, vals: list, scalars: list, args: tuple, kwargs: dict, dyn: bool
+    func: Any,
+    lowering: Any,
+    exc: Exception,
+    vals: list,
+    scalars: list,
+    args: tuple,
+    kwargs: dict,
+    dyn: bool,
 ) -> Any:
     """The op's results as meta tensors, from tracing its lowering, for an op PyTorch
-    has no meta kernel for (``_fused_sgd``); ``None`` if that cannot stand in."""
-    if lowering is None or "no fake impl or Meta kernel" not in str(exc):
+    has no meta kernel for (``_fused_sgd``) or whose meta kernel refuses what XLA
+    runs; ``None`` if that cannot stand in."""
+    missing = "no fake impl or Meta kernel" in str(exc)
+    if lowering is None or not (missing or func in _CUDA_LIMITED_META):
         return None
     template = (_template(args, dyn), {k: _template(v, dyn) for k, v in kwargs.items()})
     specs = [jax.ShapeDtypeStruct(v.shape, to_jax_dtype(v.dtype)) for v in vals]

@@ -38,15 +38,22 @@ class Check:
     dim: int | None
     negative: bool  # indices in [-size, size) are valid, else [0, size)
     where: str | None  # the user's line, where the graph recorded it
+    text: str | None = None  # a condition's own message, with ``{value}``
 
     def message(self, index: int, read_at: str) -> str:
+        where = f"at {self.where}" if self.where else f"in the compiled code read at {read_at}"
+        if self.text is not None:
+            return (
+                f"{self.op}: {self.text.format(value=index)}, {where}. Inside a compiled program "
+                "this cannot raise, so the results computed from it are wrong. "
+                "See docs/errors.md#index-out-of-range."
+            )
         valid = f"[{-self.size}, {self.size})" if self.negative else f"[0, {self.size})"
         of = (
             f"dimension {self.dim} of size {self.size}"
             if self.dim is not None
             else (f"a size of {self.size}")
         )
-        where = f"at {self.where}" if self.where else f"in the compiled code read at {read_at}"
         return (
             f"{self.op}: index {index} is out of range for {of} (valid: {valid}), "
             f"{where}. Eager PyTorch raises here too; inside a compiled program the "
@@ -93,6 +100,15 @@ def bounds(op: str, index: Any, size: int, *, dim: int | None = None, negative: 
     first = flat[jnp.argmax(bad)]
     check = Check(op, int(size), dim, negative, node_line(_CURRENT_NODE[0]))
     _COLLECTING[-1].append((jnp.any(bad), first, check))
+
+
+def condition(op: str, bad: Any, value: Any, text: str) -> None:
+    """Check inside the program that ``bad`` (a traced bool) is false; ``text`` says
+    what was wrong, with ``{value}`` (a traced integer) filled in."""
+    if not _COLLECTING or not options().check_bounds:
+        return
+    check = Check(op, 0, None, False, node_line(_CURRENT_NODE[0]), text)
+    _COLLECTING[-1].append((jnp.asarray(bad), jnp.asarray(value).astype(jnp.int64), check))
 
 
 def packed(found: list[tuple[Any, Any, Check]]) -> tuple[Any, list[Check]]:

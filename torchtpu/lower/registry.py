@@ -111,6 +111,49 @@ def register(
     return decorate
 
 
+_BY_NAME: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
+
+
+def register_library(
+    *names: str, **policy: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as the lowering of ops another library defines, named
+    ``"namespace::op.overload"`` (``"transformers::grouped_mm_fallback.default"``).
+
+    The library need not be imported: the lowering is bound to the op overload
+    the first time a graph holds it. ``policy`` takes :func:`register`'s options."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name in names:
+            if name in _BY_NAME:
+                raise RegistryError(f"{name} is registered twice in register_library")
+            _BY_NAME[name] = (fn, policy)
+        return fn
+
+    return decorate
+
+
+def _by_name(op: Any) -> Lowering | None:
+    schema = getattr(op, "_schema", None)
+    if schema is None:
+        return None
+    found = _BY_NAME.get(f"{schema.name}.{op._overloadname}")
+    if found is None:
+        return None
+    fn, policy = found
+    args = policy.get("promote_args")
+    _REGISTRY[op] = Lowering(
+        op,
+        fn,
+        policy.get("promote"),
+        tuple(args) if args is not None else None,
+        policy.get("rng", False),
+        policy.get("accumulate", False),
+        policy.get("supports"),
+    )
+    return _REGISTRY[op]
+
+
 def register_sized(
     op: Any, cut: Callable[[tuple, dict], Callable[[Any, int], Any]]
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -127,7 +170,8 @@ def register_sized(
 def lookup(op: Any) -> Lowering | None:
     """The lowering registered for ``op``, or ``None``."""
     _load_ops()
-    return _REGISTRY.get(op)
+    found = _REGISTRY.get(op)
+    return found if found is not None or not _BY_NAME else _by_name(op)
 
 
 def sized_lowering(op: Any) -> SizedLowering | None:

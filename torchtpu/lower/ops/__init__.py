@@ -5,6 +5,7 @@ from torchtpu.lower.ops import (  # noqa: F401
     conv,
     fft,
     foreach,
+    grouped,
     indexing,
     ldl,
     linalg,

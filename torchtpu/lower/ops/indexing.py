@@ -175,6 +175,12 @@ def index_put(x, indices, values, accumulate=False):
     return getattr(at, _mode("add", x.dtype))(values) if accumulate else at.set(values)
 
 
+@register(aten._index_put_impl.default)
+def index_put_impl(x, indices, values, accumulate=False, unsafe=False):
+    """The functional form of ``index_put_``'s kernel (autograd's index backward)."""
+    return index_put(x, indices, values, accumulate)
+
+
 def _mask_put(x, indices, values, accumulate):
     """``x[mask] = values`` for one boolean mask and values that broadcast over it.
 
