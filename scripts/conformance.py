@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 sys.path.insert(0, str(ROOT))
 
 import _harness as h  # noqa: E402
+import expected  # noqa: E402
 import jax  # noqa: E402
 import torch  # noqa: E402
 
@@ -45,6 +46,7 @@ class Cell:
     failed: int = 0
     skipped: int = 0
     expected: str | None = None
+    shape_only: str | None = None  # the reason, where values are not compared
     failures: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -89,7 +91,10 @@ def _run(op, column, limit) -> Cell | None:
         dtype = getattr(torch, column)
         if not h.forward_dtypes(op, (dtype,)):
             return None
-    cell = Cell(expected=h.expected_reason(op, dtype, grad))
+    cell = Cell(
+        expected=h.expected_reason(op, dtype, grad, one_sample=limit == 1),
+        shape_only=h.shape_only_reason(op, dtype, grad),
+    )
     for result in h.run_op(op, dtype, grad=grad, limit=limit):
         if result.status == "pass":
             cell.passed += 1
@@ -135,12 +140,15 @@ def render(table, columns, argv, seconds) -> str:
         "only if its graph reached XLA, Dynamo did not break the graph, and every output (or",
         "gradient, from `torch.autograd.grad` at float32) matches within the dtype's tolerance",
         "(`tests/conformance/_compare.py`). Random ops and ops with uninitialised outputs are",
-        "compared by shape and dtype only. An op passes at a dtype when all its samples pass.",
+        "compared by shape and dtype only, and only those listed under",
+        "[Compared by shape and dtype only](#compared-by-shape-and-dtype-only); an op that eager",
+        "shows to be random but is not listed fails. An op passes at a dtype when all its",
+        "samples pass.",
         "Dynamo runs with `capture_dynamic_output_shape_ops` and `capture_scalar_outputs` on,",
         "so ops whose output size depends on data (`nonzero`, `unique`, `x[mask]`) and",
         "`.item()` reach the backend, which runs them in XLA (`torchtpu/lower/sized.py`).",
-        "Expected failures and tolerance overrides, each with its reason, are in",
-        "`tests/conformance/expected.py`.",
+        "Expected failures, tolerance overrides and shape-only checks, each with its reason, are",
+        "in `tests/conformance/expected.py`.",
         "",
         "## Totals",
         "",
@@ -165,14 +173,19 @@ def render(table, columns, argv, seconds) -> str:
         "",
         "Cells give samples passed / samples run; `FAIL` marks an unexpected failure, `xfail` one",
         "listed in `expected.py`; a blank cell means OpInfo does not list the dtype for the op.",
+        "The note gives the reason of an expected failure, and says where values are compared",
+        "by shape and dtype only.",
         "",
         "| op | " + " | ".join(columns) + " | note |",
         "| --- | " + " | ".join("---" for _ in columns) + " | --- |",
     ]
     for name, row in table.items():
         cells = [row[c].text() if c in row else "" for c in columns]
-        reasons = sorted({c.expected for c in row.values() if c.expected})
-        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {'; '.join(reasons)} |")
+        notes = sorted({c.expected for c in row.values() if c.expected})
+        if any(c.shape_only for c in row.values()):
+            notes.append("shape and dtype only")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {'; '.join(notes)} |")
+    lines += _shape_only_section(table)
     lines += ["", "## Failures", "", "First failure of each op and dtype that did not pass.", ""]
     for name, row in table.items():
         for column, cell in row.items():
@@ -181,6 +194,29 @@ def render(table, columns, argv, seconds) -> str:
                 detail = cell.failures[0].replace("|", "\\|")[:300]
                 lines.append(f"- `{name}` {column}{tag}, {cell.failed} failed: {detail}")
     return "\n".join(lines) + "\n"
+
+
+def _shape_only_section(table) -> list[str]:
+    lines = [
+        "",
+        "## Compared by shape and dtype only",
+        "",
+        "These ops' values are random or unspecified, so only the shape and dtype of their",
+        "outputs (or gradients) are compared with eager PyTorch: `shape_only` entries in",
+        "`tests/conformance/expected.py`. `random samples` means only the samples whose eager",
+        "results change with the seed; the others are compared by value.",
+        "",
+        "| op | applies to | samples | reason |",
+        "| --- | --- | --- | --- |",
+    ]
+    checks = {None: "all checks", False: "forward", True: "gradient"}
+    for entry in expected.TABLE:
+        if entry.kind != expected.SHAPE_ONLY or entry.op not in table:
+            continue
+        where = checks[entry.grad] + (f" at {', '.join(entry.dtypes)}" if entry.dtypes else "")
+        samples = "random samples" if entry.random_samples_only else "all"
+        lines.append(f"| `{entry.op}` | {where} | {samples} | {entry.reason} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

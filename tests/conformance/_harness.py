@@ -15,16 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import signal
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch._dynamo
-from _compare import EXACT, GRADIENT_TOLERANCE, compare, compare_meta, tolerance_for
-from expected import expected_failure, tolerance_override
+from _compare import (
+    EXACT,
+    GRADIENT_TOLERANCE,
+    Tolerance,
+    compare,
+    compare_meta,
+    tolerance_for,
+)
+from expected import expected_failure, shape_only_entry, tolerance_override
 from torch.testing._internal import common_methods_invocations as _cmi
 from torch.testing._internal.common_methods_invocations import op_db
 
@@ -34,25 +42,6 @@ FAST_DTYPES = (torch.float32, torch.bfloat16)
 FORWARD_DTYPES = (torch.float32, torch.bfloat16, torch.int64, torch.bool, torch.complex64)
 GRAD_DTYPE = torch.float32
 SAMPLE_TIMEOUT_S = 60
-
-# Ops whose values are random or unspecified (uninitialised memory): only the
-# shape and dtype of their outputs can be compared with eager PyTorch.
-_META_ONLY_PREFIXES = ("empty", "new_empty", "rand", "normal", "bernoulli", "uniform")
-_META_ONLY = {
-    "multinomial",
-    "cauchy",
-    "exponential",
-    "geometric",
-    "log_normal",
-    "nn.functional.dropout",
-    "nn.functional.dropout2d",
-    "nn.functional.dropout3d",
-    "nn.functional.alpha_dropout",
-    "nn.functional.feature_alpha_dropout",
-    "nn.functional.rrelu",
-    "svd_lowrank",  # randomized algorithms: a random projection decides the result
-    "pca_lowrank",
-}
 
 # Sorting ops whose index outputs PyTorch leaves unspecified among equal values
 # (its CPU kernels use quickselect or an unstable sort; torchtpu sorts stably),
@@ -85,10 +74,6 @@ def op_id(op: Any) -> str:
 
 def all_ops() -> list[Any]:
     return list(op_db)
-
-
-def meta_only(op: Any) -> bool:
-    return op.name in _META_ONLY or op.name.startswith(_META_ONLY_PREFIXES)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -151,8 +136,9 @@ def _unseeded() -> Iterator[None]:
     """Call OpInfo's random ops directly instead of through ``wrapper_set_seed``.
 
     Its save and restore of every device's RNG state is untraceable by Dynamo
-    (and fails for devices without ``get_rng_state``); only shapes and dtypes
-    of random ops are compared, so the seed it sets does not matter.
+    (and fails for devices without ``get_rng_state``); random ops are compared
+    by shape and dtype only (``shape_only`` in ``expected.py``), so the seed it
+    sets does not matter.
     """
     saved = _cmi.wrapper_set_seed
     _cmi.wrapper_set_seed = _direct
@@ -233,26 +219,63 @@ def _eager(op: Any, sample: Any, seed: int) -> Any:
     return op.op(*args, **kwargs)
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any, dtype: torch.dtype, tol: Tolerance | None) -> bool:
     try:
-        compare(a, b, torch.float64, EXACT)
+        compare(a, b, dtype, tol)
     except AssertionError:
         return False
     return True
 
 
+def _shape_only(
+    op: Any, dtype: torch.dtype, grad: bool, expected: Any, reseeded: Callable[[], Any]
+) -> bool | Result:
+    """Whether this sample is compared by shape and dtype only, as ``expected.py`` declares.
+
+    ``reseeded()`` gives eager's ``expected`` again under another seed. For an op
+    declared with ``random_samples_only``, a sample is random if its result
+    changes at all. An undeclared op whose results change by more than the
+    tolerance they would be judged by gets a failing verdict saying to declare
+    it; smaller changes are not randomness (``linalg.lstsq``'s gelsy driver
+    varies in the last bits from run to run).
+    """
+    column = dtype_name(dtype)
+    entry = shape_only_entry(op_id(op), column, grad)
+    if entry is not None and not entry.random_samples_only:
+        return True
+    again = reseeded()
+    if _same(expected, again, dtype, EXACT):
+        return False
+    if entry is not None:
+        return True
+    tol = tolerance_override(op_id(op), column, grad) or (GRADIENT_TOLERANCE if grad else None)
+    if not _same(expected, again, dtype, tol):
+        what = "gradients" if grad else "results"
+        return Result(
+            "fail",
+            "undeclared-random",
+            f"eager PyTorch's {what} for {op_id(op)} at {column} change with the seed, so they "
+            f"cannot be compared by value: declare the op in tests/conformance/expected.py with "
+            f"shape_only({op_id(op)!r}, reason, random_samples_only=...), or give the sample "
+            "its own random inputs",
+        )
+    return False
+
+
 def check_forward(op: Any, sample: Any, dtype: torch.dtype) -> Result:
     """Compare ``op`` on ``sample`` through torchtpu with eager PyTorch.
 
-    Values are compared unless the op is random or uninitialised: listed in
-    ``_META_ONLY``, or giving different results in eager under two seeds
-    (dropout inside attention, say); then only shapes and dtypes are.
+    Values are compared unless ``expected.py`` declares the op ``shape_only``
+    (random or uninitialised outputs); then only shapes and dtypes are.
     """
     try:
         expected = _eager(op, sample, seed=0)
-        random = meta_only(op) or not _same(expected, _eager(op, sample, seed=1))
+        reseeded = functools.partial(_eager, op, sample, seed=1)
+        random = _shape_only(op, dtype, False, expected, reseeded)
     except Exception as exc:  # noqa: BLE001 - a sample eager rejects says nothing about us
         return Result("skip", "eager-error", _first_line(exc))
+    if isinstance(random, Result):
+        return random
     try:
         with _timeout(SAMPLE_TIMEOUT_S):
             args, kwargs = _clone_args(sample)
@@ -342,16 +365,19 @@ def _draw_dtype(t: torch.Tensor) -> torch.dtype:
 def check_grad(op: Any, sample: Any) -> Result:
     """Compare ``torch.autograd.grad`` through torchtpu with eager PyTorch's.
 
-    As in :func:`check_forward`, random ops are compared by shape and dtype.
+    As in :func:`check_forward`, ops declared ``shape_only`` are compared by
+    shape and dtype.
     """
     try:
         expected = _grads(op, op.op, sample)
-        if expected is not None:
-            random = meta_only(op) or not _same(expected, _grads(op, op.op, sample, seed=1))
+        if expected is None:
+            return Result("skip", "no-grad", "no differentiable input or output")
+        reseeded = functools.partial(_grads, op, op.op, sample, seed=1)
+        random = _shape_only(op, GRAD_DTYPE, True, expected, reseeded)
     except Exception as exc:  # noqa: BLE001
         return Result("skip", "eager-error", _first_line(exc))
-    if expected is None:
-        return Result("skip", "no-grad", "no differentiable input or output")
+    if isinstance(random, Result):
+        return random
     try:
         with _timeout(SAMPLE_TIMEOUT_S):
             before = torchtpu.metrics()["executions"]
@@ -393,8 +419,15 @@ def _capture_data_dependent() -> Any:
     )
 
 
-def expected_reason(op: Any, dtype: torch.dtype, grad: bool) -> str | None:
-    return expected_failure(op_id(op), dtype_name(dtype), grad)
+def expected_reason(
+    op: Any, dtype: torch.dtype, grad: bool, one_sample: bool = False
+) -> str | None:
+    return expected_failure(op_id(op), dtype_name(dtype), grad, one_sample)
+
+
+def shape_only_reason(op: Any, dtype: torch.dtype, grad: bool) -> str | None:
+    entry = shape_only_entry(op_id(op), dtype_name(dtype), grad)
+    return entry.reason if entry else None
 
 
 __all__ = [
@@ -409,6 +442,7 @@ __all__ = [
     "forward_dtypes",
     "op_id",
     "run_op",
+    "shape_only_reason",
     "supports_grad",
     "tolerance_for",
 ]

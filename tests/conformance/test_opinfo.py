@@ -4,8 +4,10 @@ Every sample runs through ``torch.compile(backend="tpu")`` in strict mode and
 is compared with eager PyTorch on the CPU (see ``_harness.py``). By default
 one sample per op at float32 and bfloat16, forward only: the CI subset.
 ``pytest -m slow tests/conformance`` runs every sample at every dtype and the
-gradients; ``pytest -k <opname>`` runs one op. Expected failures and tolerance
-overrides live in ``expected.py``, each with its reason.
+gradients; ``pytest -k <opname>`` runs one op. Expected failures, tolerance
+overrides and ops compared by shape and dtype only live in ``expected.py``,
+each with its reason. Expected failures are strict: one that passes fails the
+test until its entry is removed or narrowed.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import pytest
 pytest.importorskip("expecttest", reason="torch.testing's OpInfo database needs expecttest")
 
 import _harness as h  # noqa: E402
+import expected  # noqa: E402
 
 OPS = h.all_ops()
 
 
-def _params(dtypes, grad: bool):
+def _params(dtypes, grad: bool, one_sample: bool = False):
     for op in OPS:
         if grad and not h.supports_grad(op):
             continue
         for dtype in [h.GRAD_DTYPE] if grad else h.forward_dtypes(op, dtypes):
-            reason = h.expected_reason(op, dtype, grad)
-            marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+            reason = h.expected_reason(op, dtype, grad, one_sample)
+            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
             name = f"{h.op_id(op)}-{h.dtype_name(dtype)}"
             yield pytest.param(op, dtype, id=name, marks=marks)
 
@@ -40,7 +43,13 @@ def _check(results: list[h.Result]) -> None:
         pytest.skip(results[0].detail or "no sample could run")
 
 
-@pytest.mark.parametrize("op, dtype", list(_params(h.FAST_DTYPES, grad=False)))
+def test_table_names_ops():
+    ids = {h.op_id(op) for op in OPS}
+    unknown = sorted({e.op for e in expected.TABLE} - ids)
+    assert not unknown, f"expected.py names ops that op_db does not have: {unknown}"
+
+
+@pytest.mark.parametrize("op, dtype", list(_params(h.FAST_DTYPES, grad=False, one_sample=True)))
 def test_forward_one_sample(op, dtype):
     _check(h.run_op(op, dtype, grad=False, limit=1))
 

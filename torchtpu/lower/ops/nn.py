@@ -171,7 +171,9 @@ def native_dropout(x, p, train, *, key):
 
 @register(aten.native_dropout_backward.default)
 def native_dropout_backward(grad, mask, scale):
-    return (grad * mask * scale).astype(grad.dtype)
+    # No cast to grad's dtype: a bool grad times a float scale is float32 in PyTorch,
+    # and the interpreter casts to the dtype PyTorch recorded.
+    return grad * mask * scale
 
 
 def _attention(q, k, v, attn_mask, is_causal, scale):
