@@ -224,6 +224,10 @@ def _choose_road(func: Any) -> Callable[..., Any]:
         return _decompose_implicit
     if func.is_view and func not in _COPYING_VIEWS:
         return _view
+    if torch.Tag.inplace_view in func.tags:
+        functional = _view_twin(func)
+        if functional is not None:
+            return functools.partial(_inplace_view, functional=functional)
     schema = func._schema
     if schema.is_mutable:
         twin = _functional_twin(func)
@@ -233,6 +237,24 @@ def _choose_road(func: Any) -> Callable[..., Any]:
     if func.namespace not in {"aten", "prims"}:
         return _fallback
     return _functional
+
+
+def _view_twin(func: Any) -> Any:
+    """``aten.squeeze_.dim`` -> ``aten.squeeze.dim``: the view an in-place view op makes."""
+    name = func._schema.name.split("::")[1].removesuffix("_")
+    packet = getattr(aten, name, None)
+    twin = getattr(packet, func._overloadname, None) if packet is not None else None
+    return twin if twin is not None and twin.is_view else None
+
+
+def _inplace_view(func: Any, args: tuple, kwargs: dict, functional: Any) -> Any:
+    """``x.squeeze_()``, ``x.t_()``: ``x`` itself becomes the view (its sizes and its
+    view chain), as PyTorch's kernels change a tensor's metadata in place."""
+    self = args[0]
+    view = _view(functional, args, kwargs)
+    with torch.no_grad():
+        self.data = view
+    return self
 
 
 def _decompose_implicit(func: Any, args: tuple, kwargs: dict) -> Any:
@@ -249,7 +271,18 @@ def _functional_twin(func: Any) -> Any:
     written = [a for a in func._schema.arguments if a.alias_info and a.alias_info.is_write]
     if name.endswith("_") and not name.endswith("__") and written and written[0].name == "self":
         packet = getattr(aten, name[:-1], None)
-        return getattr(packet, overload, None) if packet is not None else None
+        if packet is None:
+            return None
+        twin = getattr(packet, overload, None)
+        types = [str(a.type) for a in func._schema.arguments]
+        if twin is not None and [str(a.type) for a in twin._schema.arguments] == types:
+            return twin
+        # pow_.Scalar is pow.Tensor_Scalar, not pow.Scalar (a Scalar base): match types.
+        for candidate in packet.overloads():
+            op = getattr(packet, candidate)
+            if not op._schema.is_mutable and [str(a.type) for a in op._schema.arguments] == types:
+                return op
+        return None
     if written and all(a.kwarg_only for a in written):
         packet = getattr(aten, name, None)
         if packet is None:
@@ -322,6 +355,8 @@ def _encode(a: Any, vals: list, scalars: list, dyn: bool, func: Any) -> Any:
             f"{func}: got a torch.Generator where torchtpu expects none ({a!r}); random ops "
             "take it as the keyword generator=."
         )
+    if t is bool:  # True == 1 as a key: b + True and b + 1 would share a recipe
+        return (bool, a)
     return a
 
 
@@ -352,6 +387,17 @@ def _meta(a: Any) -> Any:
         return torch.device("meta")
     if t is list or t is tuple:
         return t(_meta(x) for x in a)
+    return a
+
+
+def _all_meta(a: Any) -> Any:
+    """``a`` with 0-dim CPU tensors as meta tensors too."""
+    if isinstance(a, torch.Tensor) and a.device.type == "cpu":
+        return torch.empty((), dtype=a.dtype, device="meta")
+    if isinstance(a, dict):
+        return {k: _all_meta(v) for k, v in a.items()}
+    if type(a) is list or type(a) is tuple:
+        return type(a)(_all_meta(x) for x in a)
     return a
 
 
@@ -414,7 +460,15 @@ def _make_recipe(
     meta_kwargs = {k: _meta(v) for k, v in kwargs.items()}
     lowering = lookup(func)
     try:
-        meta_out = func(*meta_args, **meta_kwargs)
+        try:
+            meta_out = func(*meta_args, **meta_kwargs)
+        except RuntimeError as exc:
+            # A 0-dim CPU tensor is a scalar to us; some meta kernels (masked_fill's
+            # value) want it on the op's device, as CUDA's kernels do not.
+            if "device" not in str(exc):
+                raise
+            meta_args, meta_kwargs = _all_meta(meta_args), _all_meta(meta_kwargs)
+            meta_out = func(*meta_args, **meta_kwargs)
     except Exception as exc:
         # Meta tensors cannot say how big nonzero(x) or x[mask] is: a sized op.
         if sized_lowering(func) is not None:
@@ -782,6 +836,8 @@ def _scatter_with(op: Any) -> Callable[..., Value]:
 
 
 _SCATTERS: dict[Any, Callable[..., Value]] = {
+    # torch.tensor(data, device="tpu") is a lift_fresh view: the whole of its base.
+    aten.lift_fresh.default: lambda base, src, rest, kwargs: src,
     aten.slice.Tensor: _scatter_with(aten.slice_scatter.default),
     aten.select.int: _scatter_with(aten.select_scatter.default),
     aten.diagonal.default: _scatter_with(aten.diagonal_scatter.default),
