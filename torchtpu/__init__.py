@@ -15,6 +15,7 @@ from torchtpu.device import device_mode, patch_cuda, set_device_mode, sync
 from torchtpu.errors import (
     CompileError,
     DeviceError,
+    IndexOutOfRangeError,
     LoweringError,
     LoweringUnsupported,
     OutOfMemoryError,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CompileError",
     "DeviceError",
+    "IndexOutOfRangeError",
     "LoweringError",
     "LoweringUnsupported",
     "OutOfMemoryError",
