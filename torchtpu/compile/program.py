@@ -17,7 +17,6 @@ section of ``docs/errors.md`` that explains it.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -500,9 +499,6 @@ def _constant_digest(node: torch.fx.Node) -> bytes:
     return repr(value).encode()
 
 
-_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
-
-
 def segment_origin(segment: Segment) -> str:
     """The user's source line the segment's first traced op came from, or ``<unknown>``.
 
@@ -511,7 +507,7 @@ def segment_origin(segment: Segment) -> str:
     for node in segment.nodes:
         trace = node.meta.get("stack_trace")
         if trace:
-            frames = _FRAME.findall(trace)
+            frames = index_checks.FRAME.findall(trace)
             if frames:
                 path, line = frames[-1]
                 return f"{path}:{line}"

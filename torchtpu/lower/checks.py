@@ -67,7 +67,8 @@ class Check:
 
 _COLLECTING: list[list[tuple[Any, Any, Check]]] = []
 _CURRENT_NODE: list[Any] = [None]
-_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+# A frame of a recorded stack trace (Dynamo's ``stack_trace``): its file and line.
+FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
 def collecting() -> list[tuple[Any, Any, Check]]:
@@ -123,7 +124,7 @@ def node_line(node: Any) -> str | None:
     meta = getattr(node, "meta", None) or {}
     if meta.get("torchtpu_site"):
         return meta["torchtpu_site"]
-    for path, line in reversed(_FRAME.findall(meta.get("stack_trace") or "")):
+    for path, line in reversed(FRAME.findall(meta.get("stack_trace") or "")):
         if is_user_frame(path):
             return f"{path}:{line}"
     return None

@@ -502,11 +502,10 @@ class CompiledStep:
     # --- keeping torch in step --------------------------------------------------
 
     def _install_hooks(self) -> None:
-        for owner in [*self.models, *self.optimizers]:
+        modules = [m for model in self.models for m in model.modules()]  # models included
+        for owner in [*modules, *self.optimizers]:
             _STEPS_OF.setdefault(owner, weakref.WeakSet()).add(self)
         for model in self.models:
-            for module in model.modules():
-                _STEPS_OF.setdefault(module, weakref.WeakSet()).add(self)
             model.register_forward_pre_hook(_sync_hook)
             model.register_state_dict_pre_hook(_sync_hook)
         for opt in self.optimizers:
