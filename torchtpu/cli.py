@@ -3,6 +3,7 @@
 torchtpu info                         # versions, devices, cache directory
 torchtpu examine module:factory       # which ops of a model lower or fall back
 torchtpu run script.py [args]         # run a CUDA script unchanged on the tpu device
+torchtpu serve model.tpu --port 8000  # answer HTTP requests with an exported model
 """
 
 from __future__ import annotations
@@ -44,6 +45,34 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Serve an artifact of ``torchtpu.export`` over HTTP; needs no torch."""
+    from torchtpu.serving import ArtifactError, serve
+
+    def ready(server: object) -> None:
+        host, port = server.server_address[:2]
+        print(
+            f"torchtpu: serving {args.path} on http://{host}:{port} "
+            "(POST /v1/predict, GET /v1/metadata)",
+            flush=True,
+        )
+
+    try:
+        serve(
+            args.path,
+            args.host,
+            args.port,
+            max_content_length=args.max_content_length,
+            ready=ready,
+        )
+    except ArtifactError as exc:
+        print(f"torchtpu serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torchtpu`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -58,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, devices and settings").set_defaults(fn=_info)
     sub.add_parser("examine", help="list which ops of a model lower, fall back or fail")
     sub.add_parser("run", help="run a CUDA script unchanged on the tpu device")
+    serve = sub.add_parser("serve", help="answer HTTP requests with an exported model")
+    serve.add_argument("path", help="the directory torchtpu.export(...).save(path) wrote")
+    serve.add_argument("--port", type=int, default=8000, help="0: any free port")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to bind (localhost)")
+    serve.add_argument(
+        "--max-content-length",
+        type=int,
+        default=None,
+        help="largest request body in bytes (default 64 MiB); larger ones get 413",
+    )
+    serve.set_defaults(fn=_serve)
     args = parser.parse_args(argv)
     return args.fn(args)
 

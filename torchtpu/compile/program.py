@@ -325,6 +325,70 @@ def compile_function(fn: Callable[..., Any], specs: Sequence[Any], **kwargs: Any
     return lower_function(fn, specs, **kwargs).compile()
 
 
+class SegmentFunction:
+    """A segment as a function of JAX arrays, ready to trace: what
+    :func:`lower_segment` lowers and :func:`export_segment` exports.
+
+    ``fn(*args)`` (``seed, *arrays`` when ``uses_rng``) runs the segment's nodes
+    and returns its array outputs, then the bounds checks' flags if it has any;
+    ``out_info()`` and ``checks()`` describe the last trace.
+    """
+
+    def __init__(self, segment: Segment, treedef: Any, leaves: Sequence[Any]) -> None:
+        self.segment = segment
+        self.uses_rng = needs_rng(segment.nodes)
+        array_pos = [i for i, v in enumerate(leaves) if _is_array_like(v)]
+        self.array_pos = array_pos
+        self._static = {i: v for i, v in enumerate(leaves) if not _is_array_like(v)}
+        self._treedef = treedef
+        self._n_leaves = len(leaves)
+        self._static_outputs: dict[int, Any] = {}
+        self._out_treedefs: list[Any] = []
+        self._checks: list[Check] = []
+        self.specs = [
+            jax.ShapeDtypeStruct(leaves[i].shape, leaves[i].dtype, weak_type=_weak(leaves[i]))
+            for i in array_pos
+        ]
+
+    def inputs(self, arrays: Sequence[Any]) -> dict[torch.fx.Node, Any]:
+        it = iter(arrays)
+        flat_in = [
+            self._static[i] if i in self._static else next(it) for i in range(self._n_leaves)
+        ]
+        tree = jax.tree_util.tree_unflatten(self._treedef, flat_in)
+        return dict(zip(self.segment.inputs, tree, strict=True))
+
+    def fn(self, *args: Any) -> list[Any]:
+        seed, arrays = (args[0], args[1:]) if self.uses_rng else (None, args)
+        env = self.inputs(arrays)
+        found = index_checks.collecting()
+        try:
+            run_nodes(self.segment.nodes, env, RngStream(seed))
+        finally:
+            index_checks.done(found)
+        flat, out_treedef = jax.tree_util.tree_flatten([env[n] for n in self.segment.outputs])
+        self._out_treedefs.append(out_treedef)
+        self._static_outputs.clear()
+        traced = []
+        for i, leaf in enumerate(flat):
+            if isinstance(leaf, jax.Array):
+                traced.append(leaf)
+            else:
+                self._static_outputs[i] = leaf
+        self._checks.clear()
+        if found:
+            flags, compiled = index_checks.packed(found)
+            self._checks.extend(compiled)
+            traced.append(flags)
+        return traced
+
+    def out_info(self) -> tuple[Any, dict[int, Any]]:
+        return self._out_treedefs[-1], dict(self._static_outputs)
+
+    def checks(self) -> list[Check]:
+        return list(self._checks)
+
+
 def lower_segment(
     segment: Segment,
     treedef: Any,
@@ -342,61 +406,49 @@ def lower_segment(
     itself for each static leaf (sizes of dynamic shapes, ``None``).
     ``donate`` lists leaf positions whose buffers XLA may reuse for outputs.
     """
-    uses_rng = needs_rng(segment.nodes)
-    array_pos = [i for i, v in enumerate(leaves) if _is_array_like(v)]
-    static = {i: v for i, v in enumerate(leaves) if not _is_array_like(v)}
-    static_outputs: dict[int, Any] = {}
-    out_treedefs: list[Any] = []
-    compiled_checks: list[Check] = []
-
-    def inputs(arrays: Sequence[Any]) -> dict[torch.fx.Node, Any]:
-        it = iter(arrays)
-        flat_in = [static[i] if i in static else next(it) for i in range(len(leaves))]
-        tree = jax.tree_util.tree_unflatten(treedef, flat_in)
-        return dict(zip(segment.inputs, tree, strict=True))
-
-    def program(*args: Any) -> list[Any]:
-        seed, arrays = (args[0], args[1:]) if uses_rng else (None, args)
-        env = inputs(arrays)
-        found = index_checks.collecting()
-        try:
-            run_nodes(segment.nodes, env, RngStream(seed))
-        finally:
-            index_checks.done(found)
-        flat, out_treedef = jax.tree_util.tree_flatten([env[n] for n in segment.outputs])
-        out_treedefs.append(out_treedef)
-        static_outputs.clear()
-        traced = []
-        for i, leaf in enumerate(flat):
-            if isinstance(leaf, jax.Array):
-                traced.append(leaf)
-            else:
-                static_outputs[i] = leaf
-        compiled_checks.clear()
-        if found:
-            flags, compiled = index_checks.packed(found)
-            compiled_checks.extend(compiled)
-            traced.append(flags)
-        return traced
-
-    specs = [
-        jax.ShapeDtypeStruct(leaves[i].shape, leaves[i].dtype, weak_type=_weak(leaves[i]))
-        for i in array_pos
-    ]
-    donated = [array_pos.index(i) for i in donate if i in array_pos]
+    traced = SegmentFunction(segment, treedef, leaves)
+    donated = [traced.array_pos.index(i) for i in donate if i in traced.array_pos]
     return lower_function(
-        program,
-        specs,
+        traced.fn,
+        traced.specs,
         name=name,
         origin=origin or segment_origin(segment),
-        uses_rng=uses_rng,
+        uses_rng=traced.uses_rng,
         seed_shape=seed_shape,
         donate=donated,
         n_ops=len(segment.nodes),
-        out_info=lambda: (out_treedefs[-1], dict(static_outputs)),
-        checks=lambda: list(compiled_checks),
-        replay=lambda arrays, seed: _replay(segment, inputs(arrays), seed, name, origin),
+        out_info=traced.out_info,
+        checks=traced.checks,
+        replay=lambda arrays, seed: _replay(segment, traced.inputs(arrays), seed, name, origin),
     )
+
+
+def export_segment(
+    segment: Segment,
+    treedef: Any,
+    leaves: Sequence[Any],
+    *,
+    platforms: Sequence[str],
+) -> tuple[jax.export.Exported, SegmentFunction]:
+    """Trace ``segment`` as :func:`lower_segment` does and export it with
+    ``jax.export`` for ``platforms``: a serializable program that runs without
+    torch. ``leaves`` may hold ``jax.ShapeDtypeStruct`` s with symbolic dimensions
+    (``jax.export.symbolic_shape``). Returns the ``Exported`` and the traced
+    function, whose ``out_info()`` and ``checks()`` describe its outputs.
+
+    Example::
+
+        exported, traced = export_segment(segment, treedef, specs, platforms=("cpu",))
+        exported.serialize()
+    """
+    traced = SegmentFunction(segment, treedef, leaves)
+    specs = list(traced.specs)
+    if traced.uses_rng:
+        specs.insert(0, jax.ShapeDtypeStruct((), jnp.uint32))
+    start = time.perf_counter()
+    exported = jax.export.export(jax.jit(traced.fn), platforms=tuple(platforms))(*specs)
+    bump("trace_seconds", time.perf_counter() - start)
+    return exported, traced
 
 
 def _non_finite(values: Any) -> bool:
@@ -573,6 +625,8 @@ __all__ = [
     "compile_function",
     "compile_log",
     "Lowered",
+    "SegmentFunction",
+    "export_segment",
     "lower_function",
     "lower_segment",
     "compiler_options",

@@ -34,7 +34,7 @@ class Check:
     """One bounds check of a program: what it checked, and where the op came from."""
 
     op: str
-    size: int
+    size: int | str  # a str names a symbolic size (an exported program's batch)
     dim: int | None
     negative: bool  # indices in [-size, size) are valid, else [0, size)
     where: str | None  # the user's line, where the graph recorded it
@@ -48,7 +48,7 @@ class Check:
                 "this cannot raise, so the results computed from it are wrong. "
                 "See docs/errors.md#index-out-of-range."
             )
-        valid = f"[{-self.size}, {self.size})" if self.negative else f"[0, {self.size})"
+        valid = f"[-{self.size}, {self.size})" if self.negative else f"[0, {self.size})"
         of = (
             f"dimension {self.dim} of size {self.size}"
             if self.dim is not None
@@ -99,7 +99,8 @@ def bounds(op: str, index: Any, size: int, *, dim: int | None = None, negative: 
     flat = index.reshape(-1).astype(jnp.int64)
     bad = (flat < (-size if negative else 0)) | (flat >= size)
     first = flat[jnp.argmax(bad)]
-    check = Check(op, int(size), dim, negative, node_line(_CURRENT_NODE[0]))
+    size_text = str(size) if jax.export.is_symbolic_dim(size) else int(size)
+    check = Check(op, size_text, dim, negative, node_line(_CURRENT_NODE[0]))
     _COLLECTING[-1].append((jnp.any(bad), first, check))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from numbers import Number
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -82,7 +83,12 @@ def meta_like(value: Any) -> Any:
     """A meta tensor with ``value``'s shape and dtype; Python numbers pass through."""
     if isinstance(value, (Number, torch.SymInt, torch.SymFloat, torch.SymBool)):
         return value
-    return torch.empty(tuple(value.shape), dtype=to_torch_dtype(value.dtype), device="meta")
+    if jax.export.is_symbolic_dim(value):  # a symbolic size used as a number
+        return 1
+    # Only the rank takes part in promotion: a symbolic size (an exported program's
+    # batch, say) stands in as 1.
+    shape = tuple(1 if jax.export.is_symbolic_dim(d) else d for d in value.shape)
+    return torch.empty(shape, dtype=to_torch_dtype(value.dtype), device="meta")
 
 
 def promoted_dtypes(args: list[Any], kind: Promote) -> tuple[torch.dtype, torch.dtype]:

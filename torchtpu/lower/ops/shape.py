@@ -19,7 +19,7 @@ from torchtpu.lower.registry import register
 
 
 def _size(shape):
-    return tuple(int(s) for s in shape)
+    return tuple(s if jax.export.is_symbolic_dim(s) else int(s) for s in shape)
 
 
 @register(
@@ -356,9 +356,10 @@ def scalar_tensor(s, *, dtype=None, layout=None, device=None, pin_memory=None):
 @register(aten.arange.start_step, aten.arange.default, aten.arange.start)
 def arange(*args, dtype=None, layout=None, device=None, pin_memory=None):
     start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
-    is_int = all(isinstance(v, int) for v in (start, end, step))
+    # A symbolic size (an exported program's sequence length) is an int too.
+    is_int = all(isinstance(v, int) or jax.export.is_symbolic_dim(v) for v in (start, end, step))
     want = jdtype(dtype, jnp.int64 if is_int else jnp.float32)
-    n = max(math.ceil((end - start) / step), 0)
+    n = max(-((start - end) // step) if is_int else math.ceil((end - start) / step), 0)
     # PyTorch computes start + i * step in the output's precision class.
     acc = jnp.float64 if jnp.issubdtype(want, jnp.floating) or not is_int else jnp.int64
     return (start + jnp.arange(n, dtype=acc) * step).astype(want)

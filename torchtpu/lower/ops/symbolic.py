@@ -49,3 +49,10 @@ def assert_scalar(cond, msg):
 @register(aten.sym_constrain_range_for_size.default, aten.sym_constrain_range.default)
 def sym_constrain_range(size, *, min=None, max=None):
     return None
+
+
+@register(aten._assert_tensor_metadata.default)
+def assert_tensor_metadata(a, size=None, stride=None, dtype=None, *, device=None, layout=None):
+    # torch.export's graphs assert a tensor's dtype and device after a ``.to()``;
+    # tracing already fixed both, so there is nothing left to check.
+    return None
