@@ -52,6 +52,16 @@ class IndexOutOfRangeError(TorchTPUError, IndexError):
     next read; an ``IndexError`` (as eager PyTorch raises) and a ``RuntimeError``."""
 
 
+class CheckpointError(TorchTPUError):
+    """A checkpoint cannot be written or read as asked: a value of a type it does not
+    store, a missing entry, an existing directory (docs/lifecycle.md#checkpoints)."""
+
+
+class CheckpointIntegrityError(CheckpointError):
+    """A checkpoint's files do not match its manifest: a changed, truncated, missing,
+    unlisted or linked file (docs/lifecycle.md#checkpoints). Nothing of it is used."""
+
+
 class RecompileError(TorchTPUError):
     """A graph recompiled more often than ``max_recompiles`` allows
     (docs/errors.md#recompiles)."""
