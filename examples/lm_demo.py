@@ -5,7 +5,10 @@
     make demo ARGS="--steps 50 --layers 2 --width 128 --platform cpu"
 
 The training loop is ordinary PyTorch; the one torchtpu-specific line is the
-``torch.compile`` call. At the end it prints a table measured in this run:
+``torch.compile`` call. The loss, learning rate, step time, tokens/s and
+torchtpu's compile and transfer counts go to a TensorBoard run under
+``--logdir`` (``torchtpu.monitor``); the command to view it is printed at the
+end. At the end it also prints a table measured in this run:
 eager's and torchtpu's steady step times (interleaved rounds), the first-step
 (compile) time from a cold compilation cache, and the first-step time of a
 second process that starts warm from the persistent cache.
@@ -18,6 +21,7 @@ import copy
 import json
 import math
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -27,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,6 +38,7 @@ from gpt import GPT, GPTConfig  # noqa: E402
 from stdlib_text import batches, stdlib_corpus  # noqa: E402
 
 import torchtpu  # noqa: E402  (metrics and options only; the backend needs no import)
+import torchtpu.monitor  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--sample-bytes", type=int, default=200)
+    p.add_argument(
+        "--logdir",
+        default="runs/lm_demo",
+        help="TensorBoard directory; each run writes a subdirectory named by its start time",
+    )
+    p.add_argument("--log-every", type=int, default=10, help="steps between TensorBoard points")
     p.add_argument("--warm-start-probe", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -170,21 +180,26 @@ def main(argv: list[str] | None = None) -> None:
     data = batches(train, args.batch, args.context, torch.Generator().manual_seed(args.seed))
     tokens = args.batch * args.context
 
+    run_dir = Path(args.logdir) / time.strftime("%Y%m%d-%H%M%S")
+    tb = torchtpu.monitor.TensorBoard(run_dir, every=args.log_every, tokens_per_step=tokens)
+    lr = sched.get_last_lr()[0]
     x, y = next(data)
     loss, first_step = timed(train_step, compiled, opt, sched, x, y)
+    tb.log(0, loss=loss, lr=lr)
     cold_xla = torchtpu.metrics()["compile_seconds"]
-    bar = tqdm(
+    bar = torchtpu.monitor.progress(
         range(1, args.steps),
+        monitor=tb,  # shows the last logged loss and tokens/s
         desc="train",
-        unit="step",
-        dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 10.0,
     )
-    for _ in bar:
+    for step in bar:
+        lr = sched.get_last_lr()[0]
         x, y = next(data)
-        loss, dt = timed(train_step, compiled, opt, sched, x, y)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / dt:,.0f}", refresh=False)
+        loss = train_step(compiled, opt, sched, x, y)
+        tb.log(step, loss=loss, lr=lr)
     bar.close()
+    tb.close()
 
     model.eval()
     val_loss = held_out_loss(compiled, val, args)
@@ -266,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{first_step - tpu_s:.2f} s"
     )
     torchtpu.report()
+    print(f"\nTensorBoard run {run_dir}; view it with:")
+    print(f"  tensorboard --logdir {shlex.quote(str(Path(args.logdir).resolve()))}")
 
 
 if __name__ == "__main__":
