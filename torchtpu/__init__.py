@@ -4,34 +4,64 @@
 
 The ``tpu`` backend is registered through an entry point, so the line above
 needs no ``import torchtpu``. Import it for the rest of the public surface:
-options, metrics and reports.
+options, metrics and reports, and the training lifecycle: ``torchtpu.data``
+(``DeviceLoader``), ``torchtpu.checkpoint``, ``torchtpu.export``,
+``torchtpu.serving`` and ``torchtpu.monitor``.
+
+``torchtpu.serving`` runs an exported artifact in a process that has JAX but
+not torch. Without torch, importing the package leaves out the rest of the
+surface, so that ``import torchtpu.serving`` still works.
 """
 
-from torchtpu.capture import tpu_backend
-from torchtpu.capture.bucket import mark_bucketed
-from torchtpu.compile.program import Program, clear_program_cache, compile_log
-from torchtpu.config import Options, options, set_options
-from torchtpu.device import device_mode, patch_cuda, set_device_mode, sync
-from torchtpu.errors import (
-    CompileError,
-    DeviceError,
-    IndexOutOfRangeError,
-    LoweringError,
-    LoweringUnsupported,
-    OutOfMemoryError,
-    RecompileError,
-    RecompileWarning,
-    TorchTPUError,
-    UnsupportedOpError,
-)
-from torchtpu.examine import examine
-from torchtpu.metrics import metrics, report, reset_metrics
-from torchtpu.stages import Stages, stages
-from torchtpu.train import CompiledStep, compile_step
+try:
+    import torch  # noqa: F401
+except ImportError:  # a serving process: only torchtpu.serving is usable
+    _HAS_TORCH = False
+else:
+    _HAS_TORCH = True
+
+if _HAS_TORCH:
+    # The training lifecycle. ``torchtpu.export`` is a module that is also the
+    # function: ``torchtpu.export(model, example_inputs)``.
+    from torchtpu import checkpoint, data, export, monitor
+    from torchtpu.capture import tpu_backend
+    from torchtpu.capture.bucket import mark_bucketed
+    from torchtpu.compile.program import Program, clear_program_cache, compile_log
+    from torchtpu.config import Options, options, set_options
+    from torchtpu.device import device_mode, patch_cuda, set_device_mode, sync
+    from torchtpu.errors import (
+        CheckpointError,
+        CheckpointIntegrityError,
+        CompileError,
+        DeviceError,
+        IndexOutOfRangeError,
+        LoweringError,
+        LoweringUnsupported,
+        OutOfMemoryError,
+        RecompileError,
+        RecompileWarning,
+        TorchTPUError,
+        UnsupportedOpError,
+    )
+    from torchtpu.examine import examine
+    from torchtpu.metrics import metrics, report, reset_metrics
+    from torchtpu.monitor import profile
+    from torchtpu.stages import Stages, stages
+    from torchtpu.train import CompiledStep, compile_step
+
+from torchtpu import serving  # needs no torch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointIntegrityError",
+    "checkpoint",
+    "data",
+    "export",
+    "monitor",
+    "profile",
+    "serving",
     "CompileError",
     "DeviceError",
     "IndexOutOfRangeError",

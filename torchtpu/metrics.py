@@ -37,6 +37,8 @@ def _fresh() -> dict[str, Any]:
         "fused_max_ops": 0,
         "eager_ops": 0,
         "compile_sites": collections.Counter(),
+        "checkpoint_saves": 0,
+        "checkpoint_bytes": 0,
     }
 
 
@@ -71,13 +73,17 @@ def metrics() -> dict[str, Any]:
 
     Device mode (tensors on ``"tpu"``): ``syncs`` (reason -> times the
     recorded graph was run: ``item``, ``to_cpu``, ``print``, ``explicit``,
-    ``optimizer_step``, ``graph_size``, ``fallback``), ``fused_compiles``
+    ``optimizer_step``, ``graph_size``, ``fallback``, ``monitor``: a value
+    logged to ``torchtpu.monitor`` dispatched, not waited for), ``fused_compiles``
     (fused programs built; also counted in ``compiles``), ``fused_cache_hits``
     (syncs that reused a fused program), ``fused_runs``, ``fused_ops`` (ops
     run in fused programs), ``fused_max_ops`` (the largest fused graph),
     ``eager_ops`` (ops run one at a time in strict eager mode) and, with
     ``TORCHTPU_DEBUG=1``, ``compile_sites`` (the Python line that caused each
     fused compile -> count).
+
+    Checkpoints: ``checkpoint_saves`` (committed) and ``checkpoint_bytes``
+    (tensor bytes copied to the host for them).
 
     Example::
 
