@@ -67,6 +67,18 @@ def deepseek_v3():
 
 MODELS = {"mixtral": mixtral, "qwen2_moe": qwen2_moe, "deepseek_v3": deepseek_v3}
 FRONT_ENDS = ["torch.compile", "compile_step", "device mode"]
+# CI runs each model once and each front end once (a Latin square); the whole
+# matrix is `pytest -m slow tests/models/test_moe.py`.
+IN_CI = {
+    ("mixtral", "compile_step"),
+    ("qwen2_moe", "device mode"),
+    ("deepseek_v3", "torch.compile"),
+}
+CASES = [
+    pytest.param(name, front_end, marks=() if (name, front_end) in IN_CI else pytest.mark.slow)
+    for name in MODELS
+    for front_end in FRONT_ENDS
+]
 
 
 def _ids() -> torch.Tensor:
@@ -99,8 +111,7 @@ def _losses(model, front_end: str, steps: int = 3) -> tuple[list[float], torch.T
     return losses, first
 
 
-@pytest.mark.parametrize("front_end", FRONT_ENDS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name, front_end", CASES)
 def test_moe_trains_as_eager_in_strict_mode(name, front_end):
     torch.manual_seed(0)
     model = MODELS[name]()
