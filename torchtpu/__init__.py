@@ -21,9 +21,9 @@ else:
     _HAS_TORCH = True
 
 if _HAS_TORCH:
-    # The training lifecycle. ``torchtpu.export`` is a module that is also the
-    # function: ``torchtpu.export(model, example_inputs)``.
-    from torchtpu import checkpoint, data, export, monitor
+    # The training lifecycle and the planner. ``torchtpu.export`` and
+    # ``torchtpu.plan`` are modules that are also functions.
+    from torchtpu import checkpoint, data, export, monitor, plan
     from torchtpu.capture import tpu_backend
     from torchtpu.capture.bucket import mark_bucketed
     from torchtpu.compile.program import Program, clear_program_cache, compile_log
@@ -60,6 +60,7 @@ __all__ = [
     "data",
     "export",
     "monitor",
+    "plan",
     "profile",
     "serving",
     "CompileError",
