@@ -158,7 +158,19 @@ class _Progress:
         self.inner: Any = None  # the inner loader's own state, when it has one
 
 
-def _produce(
+# Every prefetch thread still running, with its stop event; a thread outlives its
+# epoch's objects (a ``break`` only asks it to stop), so exit must find it here.
+_RUNNING: dict[threading.Thread, threading.Event] = {}
+
+
+def _produce(*args: Any) -> None:
+    try:
+        _pump(*args)
+    finally:
+        _RUNNING.pop(threading.current_thread(), None)
+
+
+def _pump(
     it: Iterator,
     out: queue.Queue,
     stop: threading.Event,
@@ -202,8 +214,6 @@ def _produce(
 class _Pipe:
     """The prefetch thread of one epoch and its bounded queue."""
 
-    live: weakref.WeakSet[_Pipe] = weakref.WeakSet()
-
     def __init__(
         self,
         it: Iterator,
@@ -220,8 +230,8 @@ class _Pipe:
             name=THREAD_NAME,
             daemon=True,
         )
+        _RUNNING[self.thread] = self.stop
         self.thread.start()
-        _Pipe.live.add(self)
 
     def get(self) -> Any:
         while True:
@@ -246,14 +256,15 @@ class _Pipe:
 
 @atexit.register
 def _stop_all() -> None:
-    """At interpreter exit, stop and join every prefetch thread: a daemon thread
-    still inside a device copy or a DataLoader's worker queue while the runtime
-    shuts down aborts the process ("terminate called without an active exception")."""
-    pipes = list(_Pipe.live)
-    for pipe in pipes:
-        pipe.close()
-    for pipe in pipes:
-        pipe.thread.join(timeout=10)
+    """At interpreter exit, stop and join every prefetch thread still running (its
+    epoch may be long gone): a daemon thread still inside a device copy or a
+    DataLoader's worker queue while the runtime shuts down aborts the process
+    ("terminate called without an active exception")."""
+    running = list(_RUNNING.items())
+    for _, stop in running:
+        stop.set()
+    for thread, _ in running:
+        thread.join(timeout=10)
 
 
 class _Epoch(Iterator):
