@@ -37,6 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from torchtpu.errors import CheckpointError, CheckpointIntegrityError
+from torchtpu.serving.format import file_sha256  # one file hash for artifacts and checkpoints
 
 FORMAT = "torchtpu-checkpoint"
 VERSION = 1
@@ -45,7 +46,6 @@ TREE = "tree.json"
 _TMP = ".tmp-"
 _TRASH = ".trash-"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_CHUNK = 1 << 24
 
 
 def reached(point: str) -> None:
@@ -109,13 +109,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _fsync_and_hash(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
     with open(path, "rb+") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
         os.fsync(f.fileno())
-        size = f.tell()
-    return {"sha256": h.hexdigest(), "bytes": size}
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -186,7 +182,7 @@ def verify(directory: Path) -> dict[str, Any]:
                 f"checkpoint file {path} is {size} bytes, the manifest says {meta.get('bytes')}"
                 " (truncated or changed); the checkpoint is not used"
             )
-        if _fsync_free_hash(path) != meta.get("sha256"):
+        if file_sha256(path) != meta.get("sha256"):
             raise CheckpointIntegrityError(
                 f"checkpoint file {path} does not match its SHA-256 in the manifest "
                 "(its contents changed); the checkpoint is not used"
@@ -242,14 +238,6 @@ def _listed_file(directory: Path, name: str) -> Path:
             f"checkpoint file {path} is missing, a link or not a regular file"
         )
     return path
-
-
-def _fsync_free_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_tree(directory: Path) -> Any:
