@@ -6,7 +6,8 @@ The ``tpu`` backend is registered through an entry point, so the line above
 needs no ``import torchtpu``. Import it for the rest of the public surface:
 options, metrics and reports, and the training lifecycle: ``torchtpu.data``
 (``DeviceLoader``), ``torchtpu.checkpoint``, ``torchtpu.export``,
-``torchtpu.serving`` and ``torchtpu.monitor``.
+``torchtpu.serving`` and ``torchtpu.monitor``; and scale-out, ``torchtpu.shard``
+(``Strategy``, ``DataParallel``, ``FSDP``, ``TensorParallel``).
 
 ``torchtpu.serving`` runs an exported artifact in a process that has JAX but
 not torch. Without torch, importing the package leaves out the rest of the
@@ -23,7 +24,7 @@ else:
 if _HAS_TORCH:
     # The training lifecycle and the planner. ``torchtpu.export`` and
     # ``torchtpu.plan`` are modules that are also functions.
-    from torchtpu import checkpoint, data, export, monitor, plan
+    from torchtpu import checkpoint, data, export, monitor, plan, shard
     from torchtpu.capture import tpu_backend
     from torchtpu.capture.bucket import mark_bucketed
     from torchtpu.compile.program import Program, clear_program_cache, compile_log
@@ -46,6 +47,7 @@ if _HAS_TORCH:
     from torchtpu.examine import examine
     from torchtpu.metrics import metrics, report, reset_metrics
     from torchtpu.monitor import profile
+    from torchtpu.shard import FSDP, DataParallel, Strategy, TensorParallel
     from torchtpu.stages import Stages, stages
     from torchtpu.train import CompiledStep, compile_step
 
@@ -62,6 +64,11 @@ __all__ = [
     "monitor",
     "plan",
     "profile",
+    "shard",
+    "DataParallel",
+    "FSDP",
+    "Strategy",
+    "TensorParallel",
     "serving",
     "CompileError",
     "DeviceError",

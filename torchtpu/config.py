@@ -65,6 +65,10 @@ class Options:
     debug_nans: a program whose floating-point outputs hold a NaN or Inf is
         re-run op by op, and the first op that made one is named in a
         :class:`FloatingPointError`. Env: ``TORCHTPU_DEBUG_NANS``.
+    strategy: a :class:`torchtpu.Strategy`: ``compile_step`` (and
+        ``torch.compile(..., options={"strategy": s})``) runs its programs SPMD
+        over the strategy's mesh, with the parameters and batch placed by it.
+        ``None`` (default): one device. No environment variable.
     """
 
     platform: str | None = dataclasses.field(
@@ -100,6 +104,7 @@ class Options:
         )
     )
     debug_nans: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_DEBUG_NANS"))
+    strategy: object = None
     cpu_keep_host_memory: bool = dataclasses.field(
         default_factory=lambda: (
             os.environ.get("TORCHTPU_CPU_KEEP_HOST_MEMORY", "1").strip()

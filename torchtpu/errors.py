@@ -62,6 +62,11 @@ class CheckpointIntegrityError(CheckpointError):
     unlisted or linked file (docs/lifecycle.md#checkpoints). Nothing of it is used."""
 
 
+class ShardingError(TorchTPUError, ValueError):
+    """A strategy cannot place a tensor or a batch on its mesh
+    (docs/errors.md#sharding)."""
+
+
 class RecompileError(TorchTPUError):
     """A graph recompiled more often than ``max_recompiles`` allows
     (docs/errors.md#recompiles)."""

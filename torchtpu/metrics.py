@@ -39,6 +39,7 @@ def _fresh() -> dict[str, Any]:
         "compile_sites": collections.Counter(),
         "checkpoint_saves": 0,
         "checkpoint_bytes": 0,
+        "reshards": 0,
     }
 
 

@@ -411,7 +411,7 @@ def test_a_new_epoch_stops_the_previous_one_first():
 
 
 def test_arguments_are_checked():
-    with pytest.raises(NotImplementedError, match="scale-out"):
+    with pytest.raises(TypeError, match="not a torchtpu.Strategy"):
         DeviceLoader([], strategy="data_parallel")
     with pytest.raises(ValueError, match="device_prefetch=-1"):
         DeviceLoader([], device_prefetch=-1)

@@ -20,17 +20,37 @@ HERE = Path(__file__).parent
 pytest.importorskip("transformers")
 
 
-def _run(script: str, *args: str, tpu: bool, env: dict | None = None) -> dict:
+def _start(script: str, *args: str, tpu: bool, env: dict | None = None) -> subprocess.Popen:
     command = [sys.executable]
     command += ["-m", "torchtpu.cli", "run"] if tpu else []
     command += [str(HERE / script), *args]
     environment = {**os.environ, **(env or {})}
     if tpu:
         environment["TORCHTPU_STRICT"] = "1"
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
-    assert done.returncode == 0, done.stderr[-4000:]
-    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
+
+
+def _result(process: subprocess.Popen) -> dict:
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-4000:]
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
+
+
+def _run(script: str, *args: str, tpu: bool) -> dict:
+    return _result(_start(script, *args, tpu=tpu))
+
+
+def _both(script: str, *args: str) -> tuple[dict, dict]:
+    """The eager and the torchtpu run, side by side: most of each is one thread
+    (imports, tracing, compiling), so two cores take both in little more than one."""
+    eager, ours = _start(script, *args, tpu=False), _start(script, *args, tpu=True)
+    return _result(eager), _result(ours)
 
 
 def _close(a: list[float], b: list[float], rtol: float) -> None:
@@ -51,11 +71,12 @@ def test_char_gpt_trainer_matches_eager_and_resumes_from_its_checkpoint(text_fil
     """torch.compile(model), bf16 autocast, GradScaler, pin_memory + non_blocking, fused
     AdamW, a cosine schedule, gradient accumulation, torch.save/torch.load checkpoints."""
     common = ["--data", str(text_file), "--max_iters", "8", "--dtype", "bfloat16"]
-    eager = _run(
+    ckpt = tmp_path / "t.pt"
+    eager_run = _start(
         "chargpt.py", *common, "--out", str(tmp_path / "e.pt"), "--compile", "0", tpu=False
     )
-    ckpt = tmp_path / "t.pt"
-    ours = _run("chargpt.py", *common, "--out", str(ckpt), "--save_at", "4", tpu=True)
+    ours_run = _start("chargpt.py", *common, "--out", str(ckpt), "--save_at", "4", tpu=True)
+    eager, ours = _result(eager_run), _result(ours_run)
     assert ours["device"] == "tpu:0"
     # bf16 autocast on both sides: XLA and eager round bf16 products differently.
     _close(ours["losses"], eager["losses"], rtol=2e-3)
@@ -66,8 +87,7 @@ def test_char_gpt_trainer_matches_eager_and_resumes_from_its_checkpoint(text_fil
 
 def test_image_classification_loop_with_dataloader_workers_matches_eager():
     """DataLoader with workers and pin_memory, SGD with momentum, BatchNorm, StepLR, eval."""
-    eager = _run("vision.py", tpu=False)
-    ours = _run("vision.py", tpu=True)
+    eager, ours = _both("vision.py")
     _close(ours["losses"], eager["losses"], rtol=1e-4)
     assert ours["accuracy"] == pytest.approx(eager["accuracy"], abs=1 / 64 + 1e-9)
     _close(ours["running_mean"], eager["running_mean"], rtol=1e-3)
@@ -75,20 +95,23 @@ def test_image_classification_loop_with_dataloader_workers_matches_eager():
 
 def test_huggingface_fine_tuning_loop_matches_eager():
     """AdamW, get_linear_schedule_with_warmup, clip_grad_norm_."""
-    eager = _run("finetune.py", tpu=False)
-    ours = _run("finetune.py", tpu=True)
+    eager, ours = _both("finetune.py")
     _close(ours["losses"], eager["losses"], rtol=1e-4)
     for a, b in zip(ours["logits"], eager["logits"], strict=True):
         _close(a, b, rtol=1e-3)
 
 
-def test_generation_greedy_and_sampled_matches_eager_with_bounded_compiles():
-    eager = _run("generate.py", "--new", "24", tpu=False)
-    ours = _run("generate.py", "--new", "24", tpu=True)
+def test_generation_greedy_and_sampled_matches_eager_with_bounded_compiles(tmp_path):
+    # The two torchtpu runs go side by side, each with a disk cache of its own.
+    runs = [
+        _start("generate.py", "--new", "24", tpu=False),
+        _start("generate.py", "--new", "24", tpu=True),
+        _start("generate.py", "--new", "48", tpu=True, env={"TORCHTPU_CACHE_DIR": str(tmp_path)}),
+    ]
+    eager, ours, longer = (_result(r) for r in runs)
     assert ours["greedy"] == eager["greedy"]
     # Sampling draws on the host from PyTorch's generator, seeded alike on both sides.
     assert ours["sampled"] == eager["sampled"]
-    longer = _run("generate.py", "--new", "48", tpu=True)
     # Twice the tokens, the same programs: the cache is static, the loop's growing
     # tensors stay on the host.
     assert longer["compiles"] == ours["compiles"] <= 8

@@ -9,6 +9,7 @@ for that model, e.g. ``options={"strict": True}``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,17 +55,41 @@ def tpu_backend(
     # The user's names for the graph's inputs (``L['x']``), for recompile reports:
     # AOTAutograd's forward takes them in the same order.
     names = [source_name(n) for n in gm.graph.nodes if n.op == "placeholder"]
+    # Parameters by their name in the model, for a strategy's rules.
+    params = {
+        i: module_path(names[i])
+        for i, v in enumerate(example_inputs)
+        if isinstance(v, torch.nn.Parameter) and i < len(names)
+    }
 
     def compiler(name: str):
         def compile_graph(graph: torch.fx.GraphModule, inputs: Sequence[Any]) -> GraphExecutor:
+            first = name in {"forward", "inference"}
             return GraphExecutor(
-                graph, opts, name=name, input_names=names if name == "forward" else None
+                graph,
+                opts,
+                name=name,
+                input_names=names if name == "forward" else None,
+                param_names=params if first else None,
             )
 
         return compile_graph
 
     compiled = aot_backend(compiler)(gm, example_inputs)
     return bucketed(compiled, gm, opts.bucket) if opts.bucket else compiled
+
+
+def module_path(source: str) -> str:
+    """A Dynamo source of a parameter as its name in the model:
+    ``L['self']._modules['layers']._modules['0']._parameters['weight']`` (or
+    ``L['self'].layers[0].weight``) is ``layers.0.weight``."""
+    rest = source.split("]", 1)[1] if source.startswith("L[") else source
+    parts = []
+    for key, attr, index in re.findall(r"\['([^']+)'\]|\.(\w+)|\[(\d+)\]", rest):
+        part = key or attr or index
+        if part not in {"_modules", "_parameters", "_buffers"}:
+            parts.append(part)
+    return ".".join(parts)
 
 
 _ROUTED = False

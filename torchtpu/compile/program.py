@@ -42,6 +42,7 @@ from torchtpu.lower.dtypes import to_numpy
 from torchtpu.lower.interpreter import RngStream, map_args, needs_rng, run_nodes
 from torchtpu.metrics import bump
 from torchtpu.runtime import platform_name
+from torchtpu.runtime.placement import sharding_key
 
 
 class Program:
@@ -334,8 +335,16 @@ class SegmentFunction:
     ``out_info()`` and ``checks()`` describe the last trace.
     """
 
-    def __init__(self, segment: Segment, treedef: Any, leaves: Sequence[Any]) -> None:
+    def __init__(
+        self,
+        segment: Segment,
+        treedef: Any,
+        leaves: Sequence[Any],
+        out_shardings: dict[torch.fx.Node, Any] | None = None,
+    ) -> None:
         self.segment = segment
+        # Outputs pinned to a sharding (a sharded step's state keeps its layout).
+        self._out_shardings = out_shardings or {}
         self.uses_rng = needs_rng(segment.nodes)
         array_pos = [i for i, v in enumerate(leaves) if _is_array_like(v)]
         self.array_pos = array_pos
@@ -346,7 +355,12 @@ class SegmentFunction:
         self._out_treedefs: list[Any] = []
         self._checks: list[Check] = []
         self.specs = [
-            jax.ShapeDtypeStruct(leaves[i].shape, leaves[i].dtype, weak_type=_weak(leaves[i]))
+            jax.ShapeDtypeStruct(
+                leaves[i].shape,
+                leaves[i].dtype,
+                weak_type=_weak(leaves[i]),
+                sharding=sharding_key(leaves[i]),
+            )
             for i in array_pos
         ]
 
@@ -366,6 +380,8 @@ class SegmentFunction:
             run_nodes(self.segment.nodes, env, RngStream(seed))
         finally:
             index_checks.done(found)
+        for node, sharding in self._out_shardings.items():
+            env[node] = jax.lax.with_sharding_constraint(env[node], sharding)
         flat, out_treedef = jax.tree_util.tree_flatten([env[n] for n in self.segment.outputs])
         self._out_treedefs.append(out_treedef)
         self._static_outputs.clear()
@@ -398,15 +414,18 @@ def lower_segment(
     name: str = "graph",
     origin: str | None = None,
     seed_shape: tuple[int, ...] = (),
+    out_shardings: dict[torch.fx.Node, Any] | None = None,
 ) -> Program:
     """Trace ``segment`` with JAX for these inputs and lower it.
 
     The segment's inputs are ``treedef`` unflattened over ``leaves``: a device
     array (or ``jax.ShapeDtypeStruct``) for each array and the Python value
-    itself for each static leaf (sizes of dynamic shapes, ``None``).
+    itself for each static leaf (sizes of dynamic shapes, ``None``). Arrays
+    sharded over a mesh make an SPMD program for that mesh; ``out_shardings``
+    pins some outputs (segment output nodes) to a sharding.
     ``donate`` lists leaf positions whose buffers XLA may reuse for outputs.
     """
-    traced = SegmentFunction(segment, treedef, leaves)
+    traced = SegmentFunction(segment, treedef, leaves, out_shardings)
     donated = [traced.array_pos.index(i) for i in donate if i in traced.array_pos]
     return lower_function(
         traced.fn,

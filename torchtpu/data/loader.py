@@ -36,6 +36,7 @@ from torchtpu.errors import TorchTPUError
 from torchtpu.lower.dtypes import to_jax_dtype, to_numpy
 from torchtpu.metrics import bump
 from torchtpu.runtime import default_device
+from torchtpu.shard.strategy import Strategy
 
 THREAD_NAME = "torchtpu-DeviceLoader"
 _POLL_S = 0.05  # how often a blocked producer or consumer looks whether the other side left
@@ -87,14 +88,18 @@ def _moves(leaf: Any) -> bool:
     )
 
 
-def _transfer(batch: Any, device: jax.Device) -> _Moved:
-    """Copy ``batch``'s CPU tensors to ``device`` and wait for the copies.
+def _transfer(batch: Any, device: Any) -> _Moved:
+    """Copy ``batch``'s CPU tensors to ``device`` (a JAX device, or a strategy that
+    splits each tensor's first dimension over its mesh) and wait for the copies.
 
     On the CPU platform ``jax.device_put`` may keep the NumPy array's memory as
     the device buffer (``may_alias=False`` notwithstanding, in JAX 0.10), and a
     loader that refills one tensor in place would change batches already
     queued: there the host array is copied first.
     """
+    strategy = device if isinstance(device, Strategy) else None
+    if strategy is not None:
+        device = next(iter(strategy.mesh.devices.flat))
     copy = device.platform == "cpu"
     leaves, spec = pytree.tree_flatten(batch)
     out: list[Any] = []
@@ -105,7 +110,13 @@ def _transfer(batch: Any, device: jax.Device) -> _Moved:
                 continue
             try:
                 host = _host_array(leaf)
-                array = jax.device_put(np.array(host, copy=True) if copy else host, device)
+                host = np.array(host, copy=True) if copy else host
+                if strategy is not None:
+                    array = strategy.place_batch(f"DeviceLoader batch leaf {len(out)}", host)
+                else:
+                    array = jax.device_put(host, device)
+            except TorchTPUError:
+                raise
             except Exception as exc:
                 raise TorchTPUError(
                     f"DeviceLoader could not copy a batch tensor of shape {tuple(leaf.shape)} "
@@ -278,6 +289,7 @@ class _Epoch(Iterator):
         progress: _Progress,
         stats: _Stats,
         started: float,
+        where: Any = None,
     ) -> None:
         self._first = first
         self._source = source
@@ -285,7 +297,7 @@ class _Epoch(Iterator):
         self._progress = progress
         self._stats = stats
         self._last = started
-        self._device = default_device()
+        self._device = where if where is not None else default_device()
         self._closed = False
         self._finalizer = (
             weakref.finalize(self, source.close) if isinstance(source, _Pipe) else None
@@ -379,8 +391,10 @@ class DeviceLoader(Iterable):
     exception in ``loader`` or in the copy is raised by the ``next()`` that
     would have returned that batch, with its traceback from the thread.
 
-    ``strategy`` is reserved for the sharded loader of the scale-out work;
-    only ``None`` is accepted now.
+    ``strategy``: a :class:`torchtpu.Strategy`; each batch tensor goes to its
+    mesh with its first dimension split over the strategy's data axes (with
+    several processes, each loader gives its own rows of the global batch),
+    as ``compile_step(..., strategy=strategy)`` takes it.
 
     Example::
 
@@ -393,12 +407,9 @@ class DeviceLoader(Iterable):
     """
 
     def __init__(self, loader: Iterable, device_prefetch: int = 2, strategy: Any = None) -> None:
-        if strategy is not None:
-            raise NotImplementedError(
-                f"DeviceLoader(strategy={strategy!r}): sharded input loading arrives with the "
-                "scale-out work and is not built yet. Pass strategy=None (the default): each "
-                "batch goes whole to the one device."
-            )
+        if strategy is not None and not isinstance(strategy, Strategy):
+            raise TypeError(f"DeviceLoader(strategy={strategy!r}): not a torchtpu.Strategy")
+        self.strategy = strategy
         if isinstance(device_prefetch, bool) or not isinstance(device_prefetch, int):
             raise TypeError(f"device_prefetch must be an int, got {device_prefetch!r}")
         if device_prefetch < 0:
@@ -416,6 +427,9 @@ class DeviceLoader(Iterable):
         self._resume: dict[str, Any] | None = None
         self._running: weakref.ref[_Epoch] | None = None
         self._pipe: _Pipe | None = None
+
+    def _where(self) -> Any:
+        return self.strategy if self.strategy is not None else default_device()
 
     def __len__(self) -> int:
         """The inner loader's ``len()``: batches in a whole epoch."""
@@ -451,13 +465,13 @@ class DeviceLoader(Iterable):
         snapshot = self.loader.state_dict if self._delegate else None
         ready = None
         if first is not _END:
-            ready = (_transfer(first, default_device()), snapshot() if snapshot else None)
+            ready = (_transfer(first, self._where()), snapshot() if snapshot else None)
             stats.transfer_s += time.perf_counter() - loaded
         source: Iterator | _Pipe = it
         if ready is not None and self.device_prefetch > 0:
-            source = self._pipe = _Pipe(it, self.device_prefetch, default_device(), stats, snapshot)
+            source = self._pipe = _Pipe(it, self.device_prefetch, self._where(), stats, snapshot)
         del it, first
-        epoch = _Epoch(ready, source, snapshot, p, stats, started)
+        epoch = _Epoch(ready, source, snapshot, p, stats, started, self._where())
         self._running = weakref.ref(epoch)
         return epoch
 

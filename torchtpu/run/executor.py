@@ -53,6 +53,7 @@ from torchtpu.lower.interpreter import (
 )
 from torchtpu.metrics import bump, count_fallback
 from torchtpu.runtime import from_device, jax_scope, next_seed, to_device, tpu_generator
+from torchtpu.runtime.placement import current_mesh, on_mesh, onto_mesh, sharding_key
 
 DEVICE_TYPE = "tpu"
 
@@ -74,8 +75,16 @@ class GraphExecutor:
         donate: frozenset[int] = frozenset(),
         origin: str | None = None,
         input_names: list[str] | None = None,
+        out_shardings: dict[int, Any] | None = None,
+        param_names: dict[int, str] | None = None,
     ) -> None:
         self.gm = gm
+        # Input position -> the parameter's name in its model (torch.compile's
+        # forward), which a strategy's rules place.
+        self.param_names = dict(param_names or {})
+        self._input_shardings: dict[int, Any] = {}
+        # Graph output position -> the sharding it must have (a sharded step's state).
+        self.out_shardings = dict(out_shardings or {})
         self.name = name
         self.origin = origin
         # Where the graph was captured from: the line that called the compiled code,
@@ -162,7 +171,10 @@ class GraphExecutor:
         """Run; a node whose lowering fails while traced falls back and we re-partition."""
         if self._strict_error is not None:
             raise self._strict_error
-        with jax_scope() as device:
+        strategy = self.opts.strategy
+        with jax_scope() as device, on_mesh(strategy.mesh if strategy else current_mesh()):
+            if strategy is not None and to_torch:
+                args = self._placed(args, strategy)
             while True:
                 try:
                     return self._run(args, device, to_torch)
@@ -175,6 +187,25 @@ class GraphExecutor:
                     self._repartition()
                 if self._strict_error is not None:
                     raise self._strict_error
+
+    def _placed(self, args: list[Any], strategy: Any) -> list[Any]:
+        """torch.compile's CPU tensors on the strategy's mesh: parameters as its rules
+        place them, the batch split over its data axes, the rest replicated."""
+        if not self._input_shardings:
+            named = [(self.param_names[i], tuple(args[i].shape)) for i in self.param_names]
+            # A graph may hold part of a model (a graph break): no rule need match here.
+            plan = strategy.plan(named, check=False)
+            for i, value in enumerate(args):
+                if i in self.param_names:
+                    spec = plan[self.param_names[i]].spec
+                    self._input_shardings[i] = strategy.sharding(spec)
+                elif isinstance(value, torch.Tensor):
+                    self._input_shardings[i] = _input_sharding(strategy, value)
+        out = list(args)
+        for i, value in enumerate(args):
+            if isinstance(value, torch.Tensor) and value.device.type != DEVICE_TYPE:
+                out[i] = to_device(value, self._input_shardings[i])
+        return out
 
     def _repartition(self) -> None:
         self.segments = self._partition()
@@ -266,6 +297,9 @@ class GraphExecutor:
             program = self._program_for(index, segment, treedef, leaves, signature, values)
         arrays = [v for v in leaves if isinstance(v, jax.Array)]
         seed = next_seed(device, self._generator) if program.uses_rng else None
+        mesh = current_mesh()
+        if seed is not None and mesh is not None:
+            seed = onto_mesh(seed, mesh)
         for node, value in zip(segment.outputs, program(arrays, seed), strict=True):
             env[node] = value
 
@@ -302,6 +336,7 @@ class GraphExecutor:
                 self._donated_leaves(segment, values),
                 name=self.name,
                 origin=self._origin(segment),
+                out_shardings=self._pinned_outputs(segment),
             )
             CACHE.put(key, program)
         self._programs[(index, signature)] = program
@@ -312,6 +347,17 @@ class GraphExecutor:
             return self.origin
         found = segment_origin(segment)
         return found if found != "<unknown>" else self._site
+
+    def _pinned_outputs(self, segment: Segment) -> dict[torch.fx.Node, Any]:
+        """The segment's outputs that are graph outputs with a sharding to keep."""
+        if not self.out_shardings:
+            return {}
+        produced = set(segment.outputs)
+        pinned: dict[torch.fx.Node, Any] = {}
+        for i, node in enumerate(self.output_node.args[0]):
+            if i in self.out_shardings and node in produced:
+                pinned.setdefault(node, self.out_shardings[i])
+        return pinned
 
     def _donated_leaves(self, segment: Segment, values: list[Any]) -> list[int]:
         if not self._donate or len(self.segments) != 1:
@@ -357,6 +403,7 @@ class GraphExecutor:
                     self._donated_leaves(segment, values),
                     name=self.name,
                     origin=self._origin(segment),
+                    out_shardings=self._pinned_outputs(segment),
                 )
                 out.append((segment, lowered))
         return out
@@ -491,19 +538,31 @@ def device_leaves(values: Any, device: jax.Device | None) -> tuple[list[Any], An
     """``values`` flattened, tensors as device arrays, with the signature programs are
     keyed by: the tree, and each leaf's shape and dtype, or its value if static.
 
-    ``device=None`` makes specs instead of arrays (for lowering without running)."""
+    ``device=None`` makes specs instead of arrays (for lowering without running).
+    While a step runs on a mesh, every array is on that mesh (see
+    :mod:`torchtpu.runtime.placement`) and its sharding is part of the signature."""
     leaves, treedef = jax.tree_util.tree_flatten(values)
     leaves = [_leaf(v, device) if isinstance(v, torch.Tensor) else v for v in leaves]
+    mesh = current_mesh() if device is not None else None
+    if mesh is not None:
+        leaves = [onto_mesh(v, mesh) if isinstance(v, jax.Array) else v for v in leaves]
     signature = (
         treedef,
         tuple(
-            (v.shape, v.dtype)
+            (v.shape, v.dtype, sharding_key(v))
             if isinstance(v, jax.Array | jax.ShapeDtypeStruct)
             else ("static", _hashable(v))
             for v in leaves
         ),
     )
     return leaves, treedef, signature
+
+
+def _input_sharding(strategy: Any, t: torch.Tensor) -> Any:
+    try:
+        return strategy.batch_sharding("input", tuple(t.shape), t.dtype)
+    except TorchTPUError:  # not a batch (its first dimension does not split): replicated
+        return strategy.sharding(())
 
 
 def _leaf(t: torch.Tensor, device: jax.Device | None) -> Any:

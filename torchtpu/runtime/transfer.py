@@ -12,6 +12,7 @@ round-trips through the host.
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import jax
 import numpy as np
@@ -45,7 +46,7 @@ class Residency:
         ref, version, ptr, array = entry
         if ref() is not t or version is None or version != _version(t) or ptr != t.data_ptr():
             return None
-        if array.devices() != {device}:
+        if not _placed_on(array, device):
             return None
         return array
 
@@ -76,6 +77,15 @@ class Residency:
 residency = Residency()
 
 
+def _placed_on(array: jax.Array, where: Any) -> bool:
+    """``array`` lives on device ``where``, or (``where`` a sharding) on its mesh, in
+    any layout: a sharded step's value is used where it lies."""
+    if isinstance(where, jax.sharding.NamedSharding):
+        sharding = array.sharding
+        return isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == where.mesh
+    return array.devices() == {where}
+
+
 def upload(t: torch.Tensor, device: jax.Device, copy: bool = False) -> jax.Array:
     """A device array holding CPU (or CUDA) tensor ``t``'s value, counted as a transfer.
 
@@ -100,6 +110,8 @@ def _upload(t: torch.Tensor, device: jax.Device, copy: bool = False) -> jax.Arra
         # is_contiguous() ignores the strides of size-1 dims, but DLPack passes them
         # on, and XLA would see a layout it did not compile for.
         t = t.clone(memory_format=torch.contiguous_format)
+    if not isinstance(device, jax.Device):  # a sharding over a mesh: no zero-copy
+        return jax.device_put(to_numpy(t.cpu() if t.device.type != "cpu" else t), device)
     same_memory = (t.device.type == "cpu" and device.platform == "cpu") or (
         t.device.type == "cuda" and device.platform in {"gpu", "cuda", "rocm"}
     )

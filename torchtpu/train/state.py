@@ -39,13 +39,19 @@ class StateStore:
     ``bind_new``: state the step creates (optimizer moments, grads) becomes tpu
     tensors in torch's own objects (the model lives on ``tpu``), rather than
     device copies synced back later.
+    ``place(key, shape)``: the sharding a key's buffer must have on a mesh (a
+    sharded step), or ``None`` for the step's one device.
     """
 
     def __init__(
-        self, device_dtype: Callable[[Key, torch.Tensor], torch.dtype], bind_new: bool
+        self,
+        device_dtype: Callable[[Key, torch.Tensor], torch.dtype],
+        bind_new: bool,
+        place: Callable[[Key, tuple[int, ...]], Any] | None = None,
     ) -> None:
         self._device_dtype = device_dtype
         self.bind_new = bind_new
+        self._place = place
         self._bound: dict[Key, torch.Tensor] = {}
         self._shadow: dict[Key, jax.Array] = {}
         self._seen: dict[Key, tuple[int, int]] = {}
@@ -86,20 +92,26 @@ class StateStore:
             if is_tpu(t) and self._device_dtype(key, t) == t.dtype:
                 self._bound[key] = t
                 self._shadow.pop(key, None)
+                self._reshard_bound(key, t)
                 continue
             self._bound.pop(key, None)
             # Unchanged since we last saw it: the device's value (or its absence, for a
             # grad the step's zero_grad() dropped) is newer.
             if self._seen.get(key) == (id(t), t._version):
                 continue
-            self._shadow[key] = _upload_owned(t, self._device_dtype(key, t), device)
+            where = self._where(key, tuple(t.shape), device)
+            self._shadow[key] = _upload_owned(t, self._device_dtype(key, t), where)
             self._seen[key] = (id(t), t._version)
         for key in [k for k, t in self._bound.items() if torch_state.get(k) is not t]:
             del self._bound[key]  # gone from torch (a grad set to None by the user)
 
     def add_zeros(self, key: Key, shape: tuple[int, ...], dtype: Any, bind: Callable) -> None:
         """New state that starts as zeros (Adam's moments and step count)."""
-        array = jnp.zeros(shape, dtype)
+        sharding = self._place(key, tuple(shape)) if self._place is not None else None
+        if sharding is None:
+            array = jnp.zeros(shape, dtype)
+        else:  # made in place, each device its own shard
+            array = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
         if self.bind_new:
             self._bound[key] = bind(key, from_array(array, to_torch_dtype(dtype)))
         else:
@@ -121,6 +133,22 @@ class StateStore:
                     arrays[i] = jnp.copy(array)
                     bump("donation_copies")
         return arrays
+
+    def _where(self, key: Key, shape: tuple[int, ...], device: jax.Device) -> Any:
+        if self._place is None:
+            return device
+        return self._place(key, shape) or device
+
+    def _reshard_bound(self, key: Key, t: torch.Tensor) -> None:
+        """A tpu tensor given to a sharded step moves onto the mesh as the strategy
+        places it (once: the step's results keep that placement)."""
+        if self._place is None:
+            return
+        sharding = self._place(key, tuple(t.shape))
+        array = device_array(t, "compiled_input")
+        if sharding is not None and array.sharding != sharding:
+            bump("reshards")
+            set_device_array(t, jax.device_put(array, sharding))
 
     # --- after a step -----------------------------------------------------------
 
@@ -158,9 +186,13 @@ class StateStore:
             del self._shadow[key]
 
 
-def _upload_owned(t: torch.Tensor, dtype: torch.dtype, device: jax.Device) -> jax.Array:
-    """A device copy that owns its memory, so donating it never touches torch's."""
+def _upload_owned(t: torch.Tensor, dtype: torch.dtype, where: Any) -> jax.Array:
+    """A device copy that owns its memory, so donating it never touches torch's.
+    ``where``: a device, or a sharding on a mesh."""
     bump("host_to_device")
     if is_tpu(t):
-        return device_array(t, "compiled_input").astype(to_jax_dtype(dtype))
-    return jax.device_put(to_numpy(t.detach().to(dtype)).copy(), device)
+        array = device_array(t, "compiled_input").astype(to_jax_dtype(dtype))
+        if isinstance(where, jax.sharding.Sharding) and array.sharding != where:
+            array = jax.device_put(array, where)
+        return array
+    return jax.device_put(to_numpy(t.detach().to(dtype)).copy(), where)

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 import torch
+import torch.fx
 from torch.utils import _pytree as pytree
 
 from torchtpu.compile.recompiles import note_recompile
@@ -35,6 +36,8 @@ from torchtpu.errors import TorchTPUError
 from torchtpu.lower.dtypes import to_jax_dtype
 from torchtpu.run.executor import GraphExecutor
 from torchtpu.runtime import from_device, jax_scope
+from torchtpu.runtime.placement import on_mesh
+from torchtpu.shard.strategy import Placement, Strategy
 from torchtpu.train.state import StateStore
 from torchtpu.train.trace import Layout, Tracing, trace_step
 
@@ -51,6 +54,7 @@ def compile_step(
     optimizers: list[torch.optim.Optimizer] | None = None,
     checkpoint: bool = False,
     options: dict[str, Any] | None = None,
+    strategy: Any = None,
 ) -> Any:
     """Compile a whole training step (forward, backward, optimizer) into one XLA program.
 
@@ -67,6 +71,11 @@ def compile_step(
     checkpoint: recompute the activations of each block of the model's
     ``nn.ModuleList``s in the backward instead of keeping them (less memory,
     more compute); see ``memory_analysis()``.
+
+    strategy: a :class:`torchtpu.Strategy` (``DataParallel()``, ``FSDP()``,
+    ``TensorParallel()``, ...): the step runs as one SPMD program over its
+    mesh, parameters, gradients and optimizer state placed by its rules and
+    the batch split over its data axes; see ``docs/scaling.md``.
 
     Example::
 
@@ -92,7 +101,10 @@ def compile_step(
             optimizers=optimizers,
             checkpoint=checkpoint,
             options=options,
+            strategy=strategy,
         )
+    if strategy is not None:
+        options = {**(options or {}), "strategy": strategy}
     return CompiledStep(fn, precision, stochastic_rounding, models, optimizers, options, checkpoint)
 
 
@@ -126,6 +138,16 @@ def _discover(fn: Callable[..., Any], kind: type) -> list[Any]:
         inner = {id(m) for v in values for m in v.modules() if m is not v}
         values = [v for v in values if id(v) not in inner]
     return values
+
+
+def _param_names(models: list[torch.nn.Module], params: list[torch.Tensor]) -> list[str]:
+    """Each parameter's name in its model (the first name of a tied one); one only an
+    optimizer holds is ``optimizer.param<i>``."""
+    names: dict[int, str] = {}
+    for model in models:
+        for name, p in model.named_parameters():
+            names.setdefault(id(p), name)
+    return [names.get(id(p), f"optimizer.param{i}") for i, p in enumerate(params)]
 
 
 def _origin(fn: Callable[..., Any]) -> str:
@@ -170,6 +192,15 @@ class CompiledStep:
                 "models=[...] and optimizers=[...] explicitly."
             )
         self.opts = options_with(overrides, "compile_step")
+        self.strategy = self.opts.strategy
+        if self.strategy is not None and not isinstance(self.strategy, Strategy):
+            raise TypeError(
+                f"compile_step: strategy={self.strategy!r} is not a torchtpu.Strategy; use "
+                "torchtpu.DataParallel(), torchtpu.FSDP(), torchtpu.TensorParallel() or "
+                "torchtpu.Strategy(mesh=..., rules=...)"
+            )
+        self._placements: dict[str, Placement] = {}
+        self._param_names: list[str] = []
         self.origin = _origin(fn)
         self._tracing = False
         self._bind_to(self._state_device())
@@ -184,6 +215,7 @@ class CompiledStep:
         self.store = StateStore(
             self._device_dtype,
             bind_new=device.type == DEVICE_TYPE and self.precision != "bf16-true",
+            place=self._sharding_of if self.strategy is not None else None,
         )
         self._programs: dict[Any, tuple[Layout, GraphExecutor, Any]] = {}
         self._last: GraphExecutor | None = None
@@ -191,7 +223,7 @@ class CompiledStep:
     # --- public -----------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with jax_scope() as device:
+        with jax_scope() as device, on_mesh(self._mesh):
             layout, executor, out_spec, flat_batch = self._prepare(args, kwargs, device)
             inputs = self._inputs(layout, flat_batch, device)
             results = executor.run_on_device(inputs)
@@ -205,6 +237,8 @@ class CompiledStep:
         if moved != self.device:
             self.sync()
             self._bind_to(moved)
+        if self.strategy is not None:
+            self._plan(params)
         self.store.refresh(self._torch_state(params, buffers), device)
         self._init_zero_state(params)
         layout, flat_batch = self._layout(args, kwargs, params, buffers)
@@ -245,7 +279,7 @@ class CompiledStep:
         from torchtpu.stages import Stages
 
         if args or kwargs:
-            with jax_scope() as device:
+            with jax_scope() as device, on_mesh(self._mesh):
                 executor = self._prepare(args, kwargs, device)[1]
         else:
             executor = self.executor
@@ -264,6 +298,37 @@ class CompiledStep:
         if not programs:
             raise TorchTPUError("compile_step: no program yet; call the step once first")
         return programs[-1]
+
+    # --- the mesh ---------------------------------------------------------------
+
+    @property
+    def _mesh(self) -> Any:
+        return self.strategy.mesh if self.strategy is not None else None
+
+    def placements(self) -> dict[str, Placement]:
+        """Each parameter's place on the strategy's mesh, by name (empty without one)."""
+        if self.strategy is not None and not self._placements:
+            self._plan(self._params())
+        return dict(self._placements)
+
+    def _plan(self, params: list[torch.Tensor]) -> None:
+        names = _param_names(self.models, params)
+        if names == self._param_names and self._placements:
+            return
+        shapes = [tuple(p.shape) for p in params]
+        self._placements = self.strategy.plan(list(zip(names, shapes, strict=True)))
+        self._param_names = names
+
+    def _sharding_of(self, key: tuple, shape: tuple[int, ...]) -> Any:
+        """Where a state key's buffer lives on the mesh: a parameter by its rule; its
+        gradient and optimizer state of its shape alongside it; the rest replicated."""
+        kind = key[0]
+        if kind in {"param", "grad", "state"}:
+            i = key[1] if kind != "state" else key[2]
+            placement = self._placements[self._param_names[i]]
+            if placement.shape == tuple(shape):
+                return self.strategy.sharding(placement.spec)
+        return self.strategy.sharding(())
 
     # --- the torch side ---------------------------------------------------------
 
@@ -454,17 +519,50 @@ class CompiledStep:
             name="train_step",
             donate=frozenset(range(n_state)),
             origin=self.origin,
+            out_shardings=self._state_out_shardings(graph, out_spec),
         )
         return layout, executor, out_spec
 
+    def _state_out_shardings(self, graph: torch.fx.GraphModule, out_spec: Any) -> dict[int, Any]:
+        """Graph output position -> sharding, for the state a sharded step returns: it
+        comes back placed as it went in, so the next step (and donation) finds it so."""
+        if self.strategy is None:
+            return {}
+        outputs = next(n for n in reversed(graph.graph.nodes) if n.op == "output").args[0]
+        positions = pytree.tree_unflatten(list(range(out_spec.num_leaves)), out_spec)
+        _, params, buffers, states, grads = positions
+        n = len(params)
+        pinned: dict[int, Any] = {}
+
+        def pin(position: Any, key: tuple) -> None:
+            node = outputs[position] if isinstance(position, int) else None
+            value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+            if isinstance(value, torch.Tensor):
+                pinned[position] = self._sharding_of(key, tuple(value.shape))
+
+        for i, position in enumerate(params):
+            pin(position, ("param", i))
+        for j, position in enumerate(buffers):
+            pin(position, ("buffer", j))
+        for flat, names in enumerate(states):
+            o, i = divmod(flat, n) if n else (0, 0)
+            for name, position in names.items():
+                pin(position, ("state", o, i, name))
+        for i, position in enumerate(grads):
+            pin(position, ("grad", i))
+        return pinned
+
     def _inputs(self, layout: Layout, batch: list[torch.Tensor], device) -> list[Any]:
         lrs = []
+        where = self.strategy.sharding(()) if self.strategy is not None else device
         for opt in self.optimizers:
             for group in opt.param_groups:
                 lr = group["lr"]
                 lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
-                lrs.append(jax.device_put(np.float32(lr), device))
+                lrs.append(jax.device_put(np.float32(lr), where))
         state = self.store.donatable_inputs(layout.state_inputs(), device)
+        if self.strategy is not None:
+            batch = [self.strategy.place_batch(f"batch input {i}", t) for i, t in enumerate(batch)]
         return [*state, *lrs, *batch]
 
     def _absorb(self, layout: Layout, results: Any) -> Any:

@@ -1,0 +1,34 @@
+"""Side module: scale-out. Strategies, meshes and sharding rules for running one
+step SPMD over many devices (``compile_step(step, strategy=s)``).
+
+- :mod:`~torchtpu.shard.mesh`: device meshes with named axes.
+- :mod:`~torchtpu.shard.rules`: rules as data, parameter-name pattern -> spec,
+  with the Megatron sets for Llama- and GPT-2-style blocks.
+- :mod:`~torchtpu.shard.strategy`: :class:`Strategy` and the ready-made
+  :class:`DataParallel`, :class:`FSDP`, :class:`TensorParallel`.
+- :mod:`~torchtpu.shard.init`: a model built on ``meta`` materialised straight
+  into its shards.
+- :mod:`~torchtpu.shard.describe` and :mod:`~torchtpu.shard.hlo`: each
+  parameter's sharding, the program's as XLA chose it, and its collectives.
+"""
+
+from torchtpu.shard.hlo import Collective, collectives
+from torchtpu.shard.init import materialize, meta_init
+from torchtpu.shard.mesh import make_mesh
+from torchtpu.shard.rules import RULE_SETS, Rule
+from torchtpu.shard.strategy import FSDP, DataParallel, Placement, Strategy, TensorParallel
+
+__all__ = [
+    "RULE_SETS",
+    "FSDP",
+    "Collective",
+    "DataParallel",
+    "Placement",
+    "Rule",
+    "Strategy",
+    "TensorParallel",
+    "collectives",
+    "make_mesh",
+    "materialize",
+    "meta_init",
+]
