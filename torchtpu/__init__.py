@@ -33,6 +33,7 @@ if _HAS_TORCH:
     from torchtpu.errors import (
         CheckpointError,
         CheckpointIntegrityError,
+        CollectiveError,
         CompileError,
         DeviceError,
         IndexOutOfRangeError,
@@ -41,6 +42,7 @@ if _HAS_TORCH:
         OutOfMemoryError,
         RecompileError,
         RecompileWarning,
+        ShardingError,
         TorchTPUError,
         UnsupportedOpError,
     )
@@ -58,6 +60,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "CheckpointIntegrityError",
+    "CollectiveError",
+    "ShardingError",
     "checkpoint",
     "data",
     "export",

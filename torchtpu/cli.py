@@ -39,6 +39,11 @@ def _run(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print("usage: torchtpu run script.py [args ...]\n\n" + torchtpu.patch_cuda.__doc__)
         return 0 if argv else 2
+    # Under torchrun, join the job before the script makes a tensor: JAX's
+    # distributed runtime must start before its backend does.
+    from torchtpu.shard.launch import initialize_from_env
+
+    initialize_from_env()
     torchtpu.patch_cuda()
     sys.argv = list(argv)
     sys.path.insert(0, str(Path(argv[0]).resolve().parent))

@@ -67,6 +67,11 @@ class ShardingError(TorchTPUError, ValueError):
     (docs/errors.md#sharding)."""
 
 
+class CollectiveError(TorchTPUError):
+    """A collective the ``tpu`` process group cannot run, or one that failed
+    because another process died (docs/distributed.md)."""
+
+
 class RecompileError(TorchTPUError):
     """A graph recompiled more often than ``max_recompiles`` allows
     (docs/errors.md#recompiles)."""

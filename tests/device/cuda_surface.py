@@ -2,6 +2,7 @@
 
 import io
 import json
+import socket
 
 import torch
 import torch.distributed as dist
@@ -67,7 +68,6 @@ refused = {}
 for call in (
     lambda: torch.cuda.CUDAGraph(),
     lambda: torch.cuda.set_per_process_memory_fraction(0.5),
-    lambda: dist.init_process_group("nccl", rank=0, world_size=1),
 ):
     try:
         call()
@@ -75,4 +75,15 @@ for call in (
     except Exception as exc:  # noqa: BLE001 - the test reads the type and message
         refused[len(refused)] = f"{type(exc).__name__}: {exc}"
 out["refused"] = refused
+
+# NCCL is the tpu process group: a job of one process, so no JAX distributed runtime.
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+out["nccl_backend"] = dist.get_backend()
+summed = torch.ones(3, device="cuda")
+dist.all_reduce(summed)
+out["nccl_all_reduce"] = summed.cpu().tolist()
+dist.destroy_process_group()
 print("RESULT " + json.dumps(out))

@@ -15,6 +15,7 @@ to do, never an ``AttributeError`` from inside torch.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import torch
@@ -153,19 +154,66 @@ class _NullRange:
         return None
 
 
-def _no_nccl(init_process_group: Any) -> Any:
+def _local_index(device: Any) -> Any:
+    """CUDA device ``LOCAL_RANK`` (torchrun's one device per process) is this process's
+    tpu device, ``tpu:0``."""
+    local = os.environ.get("LOCAL_RANK")
+    index = device.index if isinstance(device, torch.device) else device
+    if isinstance(device, str):
+        index = torch.device(device).index
+    if local is not None and index == int(local):
+        return 0
+    return _to_tpu(device)
+
+
+def _local_set_device(device: Any) -> None:
+    TPUModule.set_device(_local_index(device))
+
+
+def _local_device(device: Any) -> Any:
+    return TPUModule.device(_local_index(device))
+
+
+def _nccl_to_tpu(init_process_group: Any) -> Any:
+    """``init_process_group("nccl")`` (or ``"cuda:nccl,cpu:gloo"``, or no backend, which
+    means NCCL on CUDA) makes the ``tpu`` process group, which runs XLA collectives
+    on tpu tensors and sends CPU tensors to gloo."""
+
     @functools.wraps(init_process_group)
     def init(backend: Any = None, *args: Any, **kwargs: Any) -> Any:
-        name = str(backend or kwargs.get("backend") or "")
-        if "nccl" in name:
-            raise TorchTPUError(
-                f"dist.init_process_group({name!r}): torchtpu has no process group for the "
-                f"{DEVICE_TYPE} device yet (scale-out is not built). Run the script as one "
-                "process on one device, or use backend='gloo' for CPU tensors."
-            )
+        name = str(backend if backend is not None else kwargs.pop("backend", "") or "")
+        if not name or "nccl" in name:
+            import torchtpu.shard.c10d  # noqa: F401 - registers the "tpu" backend
+
+            backend = "tpu"
+        if "device_id" in kwargs:
+            kwargs["device_id"] = None
         return init_process_group(backend, *args, **kwargs)
 
     return init
+
+
+def _ddp_on_tpu(ddp: type) -> None:
+    """``DDP(model, device_ids=[local_rank], output_device=local_rank)`` name CUDA
+    devices; on tpu they are this process's one device."""
+    original = ddp.__init__
+
+    @functools.wraps(original)
+    def __init__(
+        self: Any,
+        module: Any,
+        device_ids: Any = None,
+        output_device: Any = None,
+        *a: Any,
+        **kw: Any,
+    ) -> None:
+        if device_ids is not None:
+            device_ids = [_local_index(d) for d in device_ids]
+        if output_device is not None:
+            output_device = _local_index(output_device)
+        original(self, module, device_ids, output_device, *a, **kw)
+
+    ddp.__init__ = __init__
 
 
 def patch_cuda() -> None:
@@ -205,7 +253,10 @@ def patch_cuda() -> None:
     import torch.distributed as dist
 
     if dist.is_available():
-        dist.init_process_group = _no_nccl(dist.init_process_group)
+        dist.init_process_group = _nccl_to_tpu(dist.init_process_group)
+        cuda.set_device = _local_set_device
+        cuda.device = _local_device
+        _ddp_on_tpu(torch.nn.parallel.DistributedDataParallel)
     from torchtpu.device import backend
 
     backend.cuda_means_tpu = True

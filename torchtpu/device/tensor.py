@@ -35,7 +35,7 @@ once per op:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -692,6 +692,15 @@ def _out_variant(func: Any, args: tuple, kwargs: dict, twin: Any) -> Any:
     outs = [kwargs[name] for name in written]
     rest = {k: v for k, v in kwargs.items() if k not in written}
     results = _values(twin, args, rest)
+    if len(outs) == 1 and type(outs[0]) in (list, tuple):
+        # out=[...] (split_with_sizes_copy, FSDP2's copy-out): each piece, nothing returned.
+        _write_outs(func, outs[0], results)
+        return None
+    _write_outs(func, outs, results)
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _write_outs(func: Any, outs: Sequence[torch.Tensor], results: list[Value]) -> None:
     for out, v in zip(outs, results, strict=False):
         if tuple(out.shape) != v.shape:
             raise RuntimeError(
@@ -699,7 +708,6 @@ def _out_variant(func: Any, args: tuple, kwargs: dict, twin: Any) -> Any:
                 f"{list(out.shape)}, the result {list(v.shape)}); pass an out of the right shape"
             )
         write(out, _fit(v, v.shape, out.dtype, func))
-    return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 def _sized(func: Any, args: tuple, kwargs: dict) -> Any:
@@ -749,7 +757,6 @@ _COPYING_VIEWS = {
     aten.view_as_real.default,
     aten.view_as_complex.default,
     aten._reshape_alias.default,
-    aten.as_strided.default,
 }
 
 
@@ -841,6 +848,8 @@ _SCATTERS: dict[Any, Callable[..., Value]] = {
     aten.slice.Tensor: _scatter_with(aten.slice_scatter.default),
     aten.select.int: _scatter_with(aten.select_scatter.default),
     aten.diagonal.default: _scatter_with(aten.diagonal_scatter.default),
+    # DDP's reducer copies each gradient into its bucket through as_strided views.
+    aten.as_strided.default: _scatter_with(aten.as_strided_scatter.default),
     aten.t.default: _transpose_back,
     aten.transpose.int: _transpose_back,
     aten.permute.default: _permute_back,

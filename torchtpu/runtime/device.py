@@ -70,11 +70,13 @@ def _keep_host_memory() -> None:
 
 
 def _pick(platform: str | None) -> jax.Device:
+    # Local devices: with one process per device (torchrun), jax.devices() starts
+    # with process 0's device, which other processes cannot address.
     if platform is None:
-        return jax.devices()[0]
+        return jax.local_devices()[0]
     name = _ALIASES.get(platform, platform)
     try:
-        return jax.devices(name)[0]
+        return jax.local_devices(backend=name)[0]
     except RuntimeError as exc:
         have = sorted({d.platform for d in jax.devices()})
         raise TorchTPUError(

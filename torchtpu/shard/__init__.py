@@ -10,10 +10,17 @@ step SPMD over many devices (``compile_step(step, strategy=s)``).
   into its shards.
 - :mod:`~torchtpu.shard.describe` and :mod:`~torchtpu.shard.hlo`: each
   parameter's sharding, the program's as XLA chose it, and its collectives.
+- :mod:`~torchtpu.shard.launch` and :mod:`~torchtpu.shard.c10d`: PyTorch's own
+  distributed code, one process per device under torchrun: JAX's distributed
+  runtime started from torchrun's environment, and the ``"tpu"`` c10d
+  process group (registered on import) running XLA collectives.
 """
 
+from torchtpu.errors import CollectiveError
+from torchtpu.shard.c10d import ProcessGroupTPU
 from torchtpu.shard.hlo import Collective, collectives
 from torchtpu.shard.init import materialize, meta_init
+from torchtpu.shard.launch import initialize_from_env, launched
 from torchtpu.shard.mesh import make_mesh
 from torchtpu.shard.rules import RULE_SETS, Rule
 from torchtpu.shard.strategy import FSDP, DataParallel, Placement, Strategy, TensorParallel
@@ -22,12 +29,16 @@ __all__ = [
     "RULE_SETS",
     "FSDP",
     "Collective",
+    "CollectiveError",
     "DataParallel",
     "Placement",
+    "ProcessGroupTPU",
     "Rule",
     "Strategy",
     "TensorParallel",
     "collectives",
+    "initialize_from_env",
+    "launched",
     "make_mesh",
     "materialize",
     "meta_init",

@@ -2,6 +2,7 @@
 
 from torchtpu.lower.ops import (  # noqa: F401
     barrier,
+    collective,
     conv,
     fft,
     foreach,

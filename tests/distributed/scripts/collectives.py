@@ -1,0 +1,197 @@
+"""Every collective of the ``tpu`` process group, then FSDP2, in one torchrun launch.
+
+Each rank writes what it saw to ``<out>.<rank>`` (JSON); the test checks it.
+"""
+
+import json
+import sys
+import warnings
+
+import jax
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+import torch.nn as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from torch.distributed.fsdp import fully_shard
+
+import torchtpu
+import torchtpu.shard.c10d  # noqa: F401 - registers "tpu"
+from torchtpu.compile.program import programs
+from torchtpu.lower.ops.collective import process_mesh_trace
+from torchtpu.lower.registry import lookup
+from torchtpu.shard.launch import process_devices
+
+dist.init_process_group("tpu")
+r, n = dist.get_rank(), dist.get_world_size()
+out = {}
+
+
+def tpu(values, dtype=torch.float32):
+    return torch.tensor(values, dtype=dtype, device="tpu")
+
+
+x = tpu([0.0, 1.0, 2.0, 3.0]) + r
+dist.all_reduce(x)
+out["sum"] = x.cpu().tolist()
+x = tpu([0.0, 1.0, 2.0, 3.0]) + r
+dist.all_reduce(x, op=dist.ReduceOp.AVG)
+out["avg"] = x.cpu().tolist()
+x = tpu([5.0, -1.0]) * (r + 1)
+dist.all_reduce(x, op=dist.ReduceOp.MIN)
+out["min"] = x.cpu().tolist()
+x = tpu(float(r + 2))
+dist.all_reduce(x, op=dist.ReduceOp.PRODUCT)
+out["prod_0d"] = x.item()
+x = tpu([r + 1, 2**40], dtype=torch.int64)
+dist.all_reduce(x)
+out["int64"] = x.cpu().tolist()
+x = tpu([r == 0, True], dtype=torch.bool)
+dist.all_reduce(x, op=dist.ReduceOp.MIN)
+out["bool_min"] = x.cpu().tolist()
+x = tpu([6, 3], dtype=torch.int32) + r
+dist.all_reduce(x, op=dist.ReduceOp.BAND)
+out["band"] = x.cpu().tolist()
+x = tpu([1.0, 2.0])
+work = dist.all_reduce(x, async_op=True)
+work.wait()
+out["async"] = x.cpu().tolist()
+
+gathered = [torch.empty(2, 3, device="tpu") for _ in range(n)]
+dist.all_gather(gathered, torch.full((2, 3), float(r), device="tpu"))
+out["all_gather"] = [t.cpu().tolist() for t in gathered]
+flat = torch.empty(2 * n, 3, device="tpu")
+dist.all_gather_into_tensor(flat, torch.full((2, 3), float(r), device="tpu"))
+out["all_gather_into_tensor"] = flat.cpu().tolist()
+part = torch.empty(2, device="tpu")
+dist.reduce_scatter_tensor(part, torch.arange(2.0 * n, device="tpu") * (r + 1))
+out["reduce_scatter_tensor"] = part.cpu().tolist()
+part = torch.empty(2, device="tpu")
+dist.reduce_scatter(part, [torch.full((2,), float(10 * i + r), device="tpu") for i in range(n)])
+out["reduce_scatter"] = part.cpu().tolist()
+b = torch.full((3,), float(r + 5), device="tpu")
+dist.broadcast(b, src=1)
+out["broadcast"] = b.cpu().tolist()
+a = torch.arange(2.0 * n, device="tpu") + 10 * r
+a2a = torch.empty_like(a)
+dist.all_to_all_single(a2a, a)
+out["all_to_all_single"] = a2a.cpu().tolist()
+c = torch.ones(3) * (r + 1)
+dist.all_reduce(c)
+out["cpu_all_reduce"] = c.tolist()
+objects = [None] * n
+dist.all_gather_object(objects, {"rank": r})
+out["all_gather_object"] = objects
+dist.barrier()
+
+errors = {}
+for name, call in {
+    "premul_sum": lambda: dist.all_reduce(tpu([1.0]), op=dist._make_nccl_premul_sum(2.0)),
+    "band_float": lambda: dist.all_reduce(tpu([1.0]), op=dist.ReduceOp.BAND),
+    "uneven_a2a": lambda: dist.all_to_all_single(
+        torch.empty(3, device="tpu"), torch.ones(3, device="tpu"), [1, 2], [2, 1]
+    ),
+    "mixed": lambda: dist.all_gather([torch.empty(1) for _ in range(n)], tpu([1.0])),
+    "send": lambda: dist.send(tpu([1.0]), dst=1 - r),
+}.items():
+    try:
+        call()
+        errors[name] = "no error"
+    except Exception as exc:  # noqa: BLE001 - the test reads the message
+        errors[name] = f"{type(exc).__name__}: {exc}"
+out["errors"] = errors
+
+# A group of rank 1 alone: its mesh is one process's device.
+solo = dist.new_group([1], backend="tpu")
+if r == 1:
+    x = tpu([3.0])
+    dist.all_reduce(x, group=solo)
+    out["solo"] = x.cpu().tolist()
+
+# _c10d_functional eagerly on tpu tensors, and in a compiled function, where (until
+# compiled programs are traced over the process mesh) it runs through the group.
+x = torch.full((2,), float(r + 1), device="tpu")
+out["funcol_eager"] = funcol.all_reduce(x, "sum", dist.group.WORLD).cpu().tolist()
+
+
+@torch.compile(backend="tpu")
+def doubled_sum(x):
+    return funcol.all_reduce(x * 2, "sum", dist.group.WORLD) + 1
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out["funcol_compiled"] = doubled_sum(x).cpu().tolist()
+
+# The lowerings themselves, traced in a shard_map over the process mesh: XLA collectives.
+F = torch.ops._c10d_functional
+mesh = Mesh(np.array(process_devices()), ("proc",))
+sharding = NamedSharding(mesh, PartitionSpec("proc"))
+local = jax.device_put(np.arange(4, dtype=np.float32) + 10 * r, process_devices()[r])
+block = jax.make_array_from_single_device_arrays((4 * n,), sharding, [local])
+name = dist.group.WORLD.group_name
+lowered = {}
+for key, op, args in [
+    ("all_reduce", F.all_reduce.default, ("sum", name)),
+    ("all_gather", F.all_gather_into_tensor.default, (n, name)),
+    ("reduce_scatter", F.reduce_scatter_tensor.default, ("sum", n, name)),
+    ("all_to_all", F.all_to_all_single.default, ([2, 2], [2, 2], name)),
+    ("broadcast", F.broadcast.default, (1, name)),
+]:
+    lowering = lookup(op)
+    with process_mesh_trace(n):
+        assert lowering.refuses((torch.empty(4, device="meta"), *args), {}) is None
+        fn = jax.shard_map(
+            lambda v, fn=lowering.fn, args=args: fn(v, *args),
+            mesh=mesh,
+            in_specs=PartitionSpec("proc"),
+            out_specs=PartitionSpec("proc"),
+        )
+        result = jax.jit(fn)(block)
+    lowered[key] = np.asarray(result.addressable_shards[0].data).tolist()
+out["lowered"] = lowered
+out["refused_outside_mesh"] = lookup(F.all_reduce.default).refuses(
+    (torch.empty(4, device="meta"), "sum", name), {}
+)
+
+# FSDP2: each Linear sharded over the two processes, against the same model on one.
+torch.manual_seed(1)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference.load_state_dict(model.state_dict())
+model.to("tpu")
+for layer in model:
+    if isinstance(layer, nn.Linear):
+        fully_shard(layer)
+fully_shard(model)
+opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05)
+data = torch.arange(16.0).reshape(4, 4) / 10
+fsdp_losses, ref_losses = [], []
+for _ in range(3):
+    loss = model(data[2 * r : 2 * r + 2].to("tpu")).square().mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    reported = loss.detach().clone()
+    dist.all_reduce(reported, op=dist.ReduceOp.AVG)
+    fsdp_losses.append(reported.item())
+    ref_loss = reference(data).square().mean()
+    ref_loss.backward()
+    ref_opt.step()
+    ref_opt.zero_grad()
+    ref_losses.append(ref_loss.item())
+out["fsdp_shard_shape"] = list(model[0].weight.to_local().shape)
+out["fsdp_losses"] = fsdp_losses
+out["ref_losses"] = ref_losses
+out["fsdp_max_diff"] = max(
+    (p.full_tensor().cpu() - q).abs().max().item()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True)
+)
+out["programs"] = sorted({p.name for p in programs() if p.name.startswith("c10d")})
+out["fallbacks"] = dict(torchtpu.metrics()["fallbacks"])
+
+with open(f"{sys.argv[1]}.{r}", "w") as f:
+    json.dump(out, f)
+dist.destroy_process_group()
