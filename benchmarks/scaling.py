@@ -198,12 +198,10 @@ def main() -> None:
     args = parser.parse_args()
     if jax.device_count() < 8:
         sys.exit("scaling.py needs 8 devices: start it with XLA_FLAGS unset or =8 devices")
-    rows = []
-    for name in args.models.split(","):
-        rows += measure(name, args)
     devices = f"{jax.device_count()} virtual {jax.devices()[0].platform} devices"
     print(f"{devices} on {os.cpu_count()} cores: step times are not a scaling measurement")
-    print(table(rows))
+    for name in args.models.split(","):
+        print(table(measure(name, args)), flush=True)  # each model as soon as it is measured
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import json, torch, torchtpu
 torch.manual_seed(0)
@@ -16,40 +18,25 @@ print(json.dumps({k: m[k] for k in ("compiles", "persistent_cache_hits",
 """
 
 
-def _run(cache_dir):
+def _start(script, cache_dir, cwd=None):
     env = {**os.environ, "TORCHTPU_CACHE_DIR": str(cache_dir)}
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_second_process_hits_the_disk_cache(tmp_path):
-    cold = _run(tmp_path)
-    assert cold["persistent_cache_hits"] == 0
-    assert cold["persistent_cache_misses"] == cold["compiles"] == 2
-    assert any(tmp_path.iterdir())
-    warm = _run(tmp_path)
-    assert warm["persistent_cache_hits"] == 2
-    assert warm["persistent_cache_misses"] == 0
-
-
-def test_empty_cache_dir_disables_the_disk_cache(tmp_path):
-    cwd_before = set(os.listdir(tmp_path))
-    env = {**os.environ, "TORCHTPU_CACHE_DIR": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        capture_output=True,
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
-        timeout=300,
-        cwd=tmp_path,
+        cwd=cwd,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    counts = json.loads(result.stdout.strip().splitlines()[-1])
-    assert counts["persistent_cache_hits"] == counts["persistent_cache_misses"] == 0
-    assert set(os.listdir(tmp_path)) == cwd_before
+
+
+def _counts(process):
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-2000:]
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 DEVICE_SCRIPT = """
@@ -66,21 +53,38 @@ print(json.dumps({k: m[k] for k in ("compiles", "persistent_cache_hits",
 """
 
 
-def test_device_mode_programs_start_warm_from_the_disk_cache(tmp_path):
-    def run():
-        env = {**os.environ, "TORCHTPU_CACHE_DIR": str(tmp_path)}
-        result = subprocess.run(
-            [sys.executable, "-c", DEVICE_SCRIPT],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        return json.loads(result.stdout.strip().splitlines()[-1])
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory):
+    """The first process of each test, all started at once (each is mostly one
+    thread importing torch and JAX): the cold runs, and the one with no cache."""
+    dirs = {k: tmp_path_factory.mktemp(k) for k in ("compile", "device", "empty")}
+    runs = {
+        "compile": _start(SCRIPT, dirs["compile"]),
+        "device": _start(DEVICE_SCRIPT, dirs["device"]),
+        "empty": _start(SCRIPT, "", cwd=dirs["empty"]),
+    }
+    return {k: (dirs[k], _counts(r)) for k, r in runs.items()}
 
-    cold = run()
-    assert cold["persistent_cache_misses"] == cold["compiles"] >= 1
-    warm = run()
-    assert warm["persistent_cache_hits"] == cold["compiles"]
+
+def test_second_process_hits_the_disk_cache(cold):
+    cache, first = cold["compile"]
+    assert first["persistent_cache_hits"] == 0
+    assert first["persistent_cache_misses"] == first["compiles"] == 2
+    assert any(cache.iterdir())
+    warm = _counts(_start(SCRIPT, cache))
+    assert warm["persistent_cache_hits"] == 2
+    assert warm["persistent_cache_misses"] == 0
+
+
+def test_empty_cache_dir_disables_the_disk_cache(cold):
+    cwd, counts = cold["empty"]
+    assert counts["persistent_cache_hits"] == counts["persistent_cache_misses"] == 0
+    assert os.listdir(cwd) == []  # nothing written where it ran either
+
+
+def test_device_mode_programs_start_warm_from_the_disk_cache(cold):
+    cache, first = cold["device"]
+    assert first["persistent_cache_misses"] == first["compiles"] >= 1
+    warm = _counts(_start(DEVICE_SCRIPT, cache))
+    assert warm["persistent_cache_hits"] == first["compiles"]
     assert warm["persistent_cache_misses"] == 0

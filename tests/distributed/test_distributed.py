@@ -143,6 +143,14 @@ def test_collectives_and_fsdp2_over_two_processes(tmp_path):
         assert lowered["broadcast"] == [10.0, 11.0, 12.0, 13.0]
         assert "traced over the process mesh" in got["refused_outside_mesh"]
     assert ranks[1]["solo"] == [3.0] and "solo" not in ranks[0]
+    for got in ranks:
+        # DTensor: ColwiseParallel/RowwiseParallel over a DeviceMesh of the two processes.
+        assert got["tp_shard_shape"] == [4, 4]
+        _close(got["tp_losses"], got["tp_ref"])
+        # compile_step over the two processes' devices, each with half the batch.
+        assert got["spmd_devices"] == 2
+        _close(got["spmd_losses"], got["spmd_ref"])
+        assert got["spmd_max_diff"] < 1e-5
 
 
 def test_a_dead_process_stops_the_others(tmp_path):

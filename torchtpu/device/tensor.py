@@ -51,6 +51,7 @@ from torchtpu.lower.dtypes import from_numpy, to_jax_dtype
 from torchtpu.lower.registry import lookup, sized_lowering
 from torchtpu.metrics import bump
 from torchtpu.runtime import jax_scope, upload
+from torchtpu.runtime.transfer import host_copy
 
 aten = torch.ops.aten
 DEVICE_TYPE = "tpu"
@@ -192,7 +193,7 @@ def to_cpu(t: torch.Tensor, reason: str) -> torch.Tensor:
     v = read(t)
     # A copy: on the CPU platform np.asarray may view the device buffer itself,
     # which a later program may donate (and XLA reuse) while torch still reads it.
-    host = np.array(materialize(v, reason), copy=True)
+    host = np.array(host_copy(materialize(v, reason)), copy=True)
     checks.raise_pending()  # an index out of range in the program that made it
     bump("device_to_host")
     bump("device_to_host_bytes", host.nbytes)

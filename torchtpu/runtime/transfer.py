@@ -145,6 +145,20 @@ def to_device(t: torch.Tensor, device: jax.Device) -> jax.Array:
     return array
 
 
+def host_copy(array: jax.Array) -> np.ndarray:
+    """``array``'s whole value on this host. An array that spans other processes'
+    devices (a job of several processes) is read from a local replica when it is
+    replicated, else gathered with ``process_allgather``: a collective, which
+    every process reaches at the same point of the same SPMD program."""
+    if array.is_fully_addressable:
+        return np.asarray(jax.device_get(array))
+    if array.is_fully_replicated:
+        return np.asarray(array.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
 def from_device(array: jax.Array, like: torch.device | None = None) -> torch.Tensor:
     """A torch tensor holding ``array``: zero-copy when the memory is shared.
 
@@ -164,6 +178,6 @@ def from_device(array: jax.Array, like: torch.device | None = None) -> torch.Ten
         except (TypeError, RuntimeError, BufferError):
             pass
     bump("device_to_host")
-    out = from_numpy(np.asarray(jax.device_get(array))).to(target)
+    out = from_numpy(host_copy(array)).to(target)
     residency.remember(out, array)
     return out

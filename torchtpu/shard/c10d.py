@@ -505,15 +505,33 @@ class ProcessGroupTPU(dist.ProcessGroup):
         self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any
     ) -> dist.Work:
         flat = [*inputs, *(t for ts in outputs for t in ts)]
-        self._cpu_only("gather", flat, "use all_gather (every rank gets the result)")
-        return self._gloo.gather(outputs, inputs, opts)
+        if self._road("gather", flat) == "cpu":
+            return self._gloo.gather(outputs, inputs, opts)
+        # An all-gather whose result only the root keeps: SPMD has no one-sided gather.
+        (gathered,) = _run("allgather", self, _R.SUM, [self._arrays(inputs)[0][None]])
+        if self._rank == opts.rootRank:
+            for i, t in enumerate(outputs[0]):
+                set_device_array(t, gathered[i].reshape(t.shape))
+        return _completed(outputs)
 
     def scatter(
         self, outputs: list[torch.Tensor], inputs: list[list[torch.Tensor]], opts: Any
     ) -> dist.Work:
         flat = [*outputs, *(t for ts in inputs for t in ts)]
-        self._cpu_only("scatter", flat, "use broadcast, then take this rank's part")
-        return self._gloo.scatter(outputs, inputs, opts)
+        if self._road("scatter", flat) == "cpu":
+            return self._gloo.scatter(outputs, inputs, opts)
+        # DTensor's distribute_tensor scatters from its source rank: the root's pieces
+        # are broadcast stacked and each rank keeps its own.
+        (out,) = outputs
+        with jax_scope():
+            if self._rank == opts.rootRank:
+                stacked = jnp.stack([a.reshape(out.shape) for a in self._arrays(inputs[0])])
+            else:
+                array = self._arrays([out])[0]
+                stacked = jnp.zeros((self._size, *out.shape), array.dtype)
+        (full,) = _run("broadcast", self, _R.SUM, [stacked], extra=opts.rootRank)
+        set_device_array(out, full[self._rank].reshape(out.shape))
+        return _completed(outputs)
 
     def alltoall(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any

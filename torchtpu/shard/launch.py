@@ -5,7 +5,8 @@
 :func:`initialize_from_env` turns that into ``jax.distributed.initialize``:
 
 - ``num_processes = WORLD_SIZE``, ``process_id = RANK``, and
-  ``local_device_ids = [LOCAL_RANK]``, so each process owns one device;
+  ``local_device_ids = [LOCAL_RANK]``, so each process owns one device; with
+  one process per host (``LOCAL_WORLD_SIZE=1``) it owns all of the host's;
 - the coordinator runs in process 0 on ``MASTER_ADDR`` at ``MASTER_PORT + 1``
   (``MASTER_PORT`` itself is torch's TCPStore), or at
   ``TORCHTPU_COORDINATOR_PORT``;
@@ -89,6 +90,10 @@ def initialize_from_env(rank: int | None = None, world_size: int | None = None) 
     if world <= 1:
         return None
     local_rank = _int_env("LOCAL_RANK", me)
+    # One process per device (torchrun --nproc_per_node=N): each its own device.
+    # One process per host (N=1, as on a TPU pod slice): every device of the host.
+    per_host = _int_env("LOCAL_WORLD_SIZE", None)
+    local_ids = None if per_host == 1 else [local_rank]
     addr = os.environ.get("MASTER_ADDR")
     master_port = _int_env("MASTER_PORT")
     port = _int_env("TORCHTPU_COORDINATOR_PORT", None if master_port is None else master_port + 1)
@@ -113,7 +118,7 @@ def initialize_from_env(rank: int | None = None, world_size: int | None = None) 
         coordinator_address=coordinator,
         num_processes=world,
         process_id=me,
-        local_device_ids=[local_rank],
+        local_device_ids=local_ids,
         initialization_timeout=_int_env("TORCHTPU_INIT_TIMEOUT", 300),
         heartbeat_timeout_seconds=heartbeat,
         shutdown_timeout_seconds=max(2 * heartbeat, 10),

@@ -28,6 +28,7 @@ import torch
 from torchtpu.device.tensor import device_array, from_array, is_tpu, set_device_array
 from torchtpu.lower.dtypes import from_numpy, to_jax_dtype, to_numpy, to_torch_dtype
 from torchtpu.metrics import bump
+from torchtpu.runtime.transfer import host_copy
 
 Key = tuple
 
@@ -177,7 +178,7 @@ class StateStore:
         self.dirty = False
         with torch.no_grad():
             for key, array in self._shadow.items():
-                written = target(key, from_numpy(np.asarray(jax.device_get(array))))
+                written = target(key, from_numpy(host_copy(array)))
                 if written is not None:
                     self._seen[key] = (id(written), written._version)
 

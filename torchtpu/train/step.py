@@ -242,7 +242,8 @@ class CompiledStep:
         self.store.refresh(self._torch_state(params, buffers), device)
         self._init_zero_state(params)
         layout, flat_batch = self._layout(args, kwargs, params, buffers)
-        key = self._signature(layout, flat_batch)
+        traced_batch = self._global_batch(flat_batch)
+        key = self._signature(layout, traced_batch)
         if key not in self._programs:
             if self._programs:
                 note_recompile(
@@ -251,7 +252,7 @@ class CompiledStep:
                     self.opts,
                     [f"batch input {i}" for i in range(len(flat_batch))],
                 )
-            self._programs[key] = self._compile(layout, flat_batch)
+            self._programs[key] = self._compile(layout, traced_batch)
         layout, executor, out_spec = self._programs[key]
         self._last = executor
         return layout, executor, out_spec, flat_batch
@@ -318,6 +319,14 @@ class CompiledStep:
         shapes = [tuple(p.shape) for p in params]
         self._placements = self.strategy.plan(list(zip(names, shapes, strict=True)))
         self._param_names = names
+
+    def _global_batch(self, batch: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What the step is traced with: with several processes each gives its own
+        rows and the program sees the global batch, so stand-ins of that shape."""
+        if self.strategy is None or jax.process_count() == 1:
+            return batch
+        n = jax.process_count()
+        return [t.new_empty((t.shape[0] * n, *t.shape[1:])) if t.ndim else t for t in batch]
 
     def _sharding_of(self, key: tuple, shape: tuple[int, ...]) -> Any:
         """Where a state key's buffer lives on the mesh: a parameter by its rule; its

@@ -1,4 +1,6 @@
-"""Every collective of the ``tpu`` process group, then FSDP2, in one torchrun launch.
+"""Every collective of the ``tpu`` process group, then FSDP2, DTensor tensor
+parallelism and a native ``compile_step(strategy=FSDP())`` over both processes,
+in one torchrun launch.
 
 Each rank writes what it saw to ``<out>.<rank>`` (JSON); the test checks it.
 """
@@ -14,7 +16,9 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import torchtpu
 import torchtpu.shard.c10d  # noqa: F401 - registers "tpu"
@@ -189,6 +193,65 @@ out["fsdp_max_diff"] = max(
     (p.full_tensor().cpu() - q).abs().max().item()
     for p, q in zip(model.parameters(), reference.parameters(), strict=True)
 )
+
+# DTensor: Megatron column/row parallel with parallelize_module over a DeviceMesh.
+mesh = init_device_mesh("tpu", (n,))
+torch.manual_seed(2)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference.load_state_dict(model.state_dict())
+model = parallelize_module(model.to("tpu"), mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+tp_losses, tp_ref = [], []
+for _ in range(3):
+    loss = model(data.to("tpu")).square().mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    tp_losses.append(loss.item())
+    ref_loss = reference(data).square().mean()
+    ref_loss.backward()
+    ref_opt.step()
+    ref_opt.zero_grad()
+    tp_ref.append(ref_loss.item())
+out["tp_shard_shape"] = list(model[0].weight.to_local().shape)
+out["tp_losses"], out["tp_ref"] = tp_losses, tp_ref
+
+# The native SPMD path in the same job: compile_step over the mesh of both
+# processes' devices, each process giving its own rows of the global batch.
+torch.manual_seed(3)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference.load_state_dict(model.state_dict())
+opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05)
+
+
+def spmd_step(x):
+    loss = model(x).square().mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return loss
+
+
+step = torchtpu.compile_step(spmd_step, strategy=torchtpu.FSDP())
+spmd_losses, spmd_ref = [], []
+for _ in range(3):
+    spmd_losses.append(float(step(data[2 * r : 2 * r + 2])))
+    ref_loss = reference(data).square().mean()
+    ref_loss.backward()
+    ref_opt.step()
+    ref_opt.zero_grad()
+    spmd_ref.append(ref_loss.item())
+out["spmd_losses"], out["spmd_ref"] = spmd_losses, spmd_ref
+out["spmd_devices"] = step.strategy.mesh.devices.size
+out["spmd_max_diff"] = max(
+    (p - q).abs().max().item()
+    for p, q in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
+)
+
 out["programs"] = sorted({p.name for p in programs() if p.name.startswith("c10d")})
 out["fallbacks"] = dict(torchtpu.metrics()["fallbacks"])
 
