@@ -62,30 +62,24 @@ STRATEGIES = {
 CHIPS = [("tpu-v5p", 8), ("tpu-v5p", 256), ("h100", 8)]
 
 
-def _step(model, opt, batch):
-    loss = model(**batch).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss
-
-
 def systems(base, batch) -> dict:
     out = {}
     for name in ["eager", "inductor", "one device", *STRATEGIES]:
         model = copy.deepcopy(base)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         if name == "eager":
-            out[name] = (lambda m=model, o=opt: _step(m, o, batch)), None
+            out[name] = (lambda m=model, o=opt: bench._train_step(m, o, batch)), None
         elif name == "inductor":
             compiled = torch.compile(model)
-            out[name] = (lambda m=compiled, o=opt: _step(m, o, batch)), None
+            out[name] = (lambda m=compiled, o=opt: bench._train_step(m, o, batch)), None
         else:
             strategy = STRATEGIES[name]() if name in STRATEGIES else None
             step = torchtpu.compile_step(
-                lambda b, m=model, o=opt: _step(m, o, b), models=[model], optimizers=[opt],
+                lambda b, m=model, o=opt: bench._train_step(m, o, b),
+                models=[model],
+                optimizers=[opt],
                 strategy=strategy,
-            )  # fmt: skip
+            )
             out[name] = (lambda s=step: s(batch)), step
     return out
 
