@@ -127,3 +127,18 @@ def test_histogram_atomic_add():
     out = torch.zeros(10, dtype=torch.int32)
     launch_cpu(histogram_kernel, (triton.cdiv(333, 64),), x, out, 333, BLOCK=64)
     assert out.tolist() == torch.bincount(x, minlength=10).tolist()
+
+
+def test_launch_on_tpu_tensors_and_cpu_tensors_by_subscript():
+    from torchtpu.kernels.triton.launch import install
+
+    install()
+    x, y = torch.randn(300), torch.randn(300)
+    out = torch.empty(300)
+    add_kernel[(3,)](x, y, out, 300, BLOCK=128, num_warps=4)
+    torch.testing.assert_close(out, x + y)
+    a = torch.randn(9, 5).to("tpu").t()  # a view of a tpu tensor
+    o = torch.empty(5, 9, device="tpu")
+    softmax_kernel[(5,)](o, a, a.stride(0), a.stride(1), o.stride(0), 9, BLOCK=16)
+    assert o.device.type == "tpu"
+    torch.testing.assert_close(o.cpu(), torch.softmax(a.cpu(), -1))

@@ -219,3 +219,78 @@ def launch_cpu(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
     g = (g,) if isinstance(g, int) else tuple(g)
     for name, data in run(fn, g, values).items():
         tensors[name].copy_(torch.from_numpy(np.array(data)))
+
+
+def _strided_offsets(shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    offsets = np.zeros((), np.int64)
+    for size, stride in zip(shape, strides, strict=True):
+        offsets = offsets[..., None] + np.arange(size, dtype=np.int64) * stride
+    return offsets.reshape(-1)
+
+
+def launch_tpu(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+    """``kernel[grid](*args)`` on tpu tensors: each tensor's value laid out by its own strides
+    into a buffer, the translated kernel run on the device, stored values written back
+    (through views). Nothing is copied to the host."""
+    import torch
+
+    from torchtpu.device import tensor as dt
+
+    bound = inspect.signature(fn.fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    values: dict[str, Any] = {}
+    layouts: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if not isinstance(value, torch.Tensor):
+            values[name] = value
+            continue
+        if not dt.is_tpu(value):
+            raise TypeError(
+                f"Triton kernel {fn.__name__}: argument {name} is a {value.device} tensor "
+                f"{tuple(value.shape)} {value.dtype} among tpu tensors; move it with .to('tpu')"
+            )
+        array = dt.device_array(value, "a Triton kernel's input")
+        if value.is_contiguous():
+            flat, idx = array.reshape(-1), None
+        else:
+            idx = _strided_offsets(tuple(value.shape), tuple(value.stride()))
+            size = int(idx.max()) + 1 if idx.size else 0
+            flat = jnp.zeros(size, array.dtype).at[idx].set(array.reshape(-1))
+        values[name] = Buffer(flat, 0, _TL[str(value.dtype)])
+        layouts[name] = (value, idx)
+    g = grid(bound.arguments) if callable(grid) else grid
+    g = (g,) if isinstance(g, int) else tuple(g)
+    for name, data in run(fn, g, values).items():
+        tensor, idx = layouts[name]
+        new = data if idx is None else data[idx]
+        dt.set_device_array(tensor, new.reshape(tuple(tensor.shape)))
+
+
+def install() -> None:
+    """Route ``kernel[grid](...)`` launches whose tensors are on tpu or the CPU through the
+    translator; launches on CUDA tensors keep Triton's own path."""
+    if getattr(JITFunction.run, "_torchtpu", False):
+        return
+    original = JITFunction.run
+
+    def run_(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
+        import torch
+
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        devices = {t.device.type for t in tensors}
+        if not tensors or "cuda" in devices:
+            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+        if warmup:
+            return None
+        params = set(inspect.signature(self.fn).parameters)
+        kwargs = {k: v for k, v in kwargs.items() if k in params}  # num_warps, num_stages...
+        launcher = launch_tpu if devices == {"tpu"} else launch_cpu
+        if devices - {"tpu", "cpu"} or devices == {"tpu", "cpu"}:
+            raise TypeError(
+                f"Triton kernel {self.__name__}: tensors on {sorted(devices)}; put every "
+                "tensor argument on one device (tpu, or the CPU)"
+            )
+        return launcher(self, grid, *args, **kwargs)
+
+    run_._torchtpu = True  # type: ignore[attr-defined]
+    JITFunction.run = run_
