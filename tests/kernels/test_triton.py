@@ -142,3 +142,19 @@ def test_launch_on_tpu_tensors_and_cpu_tensors_by_subscript():
     softmax_kernel[(5,)](o, a, a.stride(0), a.stride(1), o.stride(0), 9, BLOCK=16)
     assert o.device.type == "tpu"
     torch.testing.assert_close(o.cpu(), torch.softmax(a.cpu(), -1))
+
+
+def test_launch_inside_torch_compile_is_lowered_into_the_program():
+    from torchtpu.kernels.triton.launch import install
+
+    install()
+
+    def f(x, y):
+        out = torch.empty_like(x)
+        add_kernel[(triton.cdiv(x.numel(), 64),)](x, y, out, x.numel(), BLOCK=64)
+        return out * 2
+
+    x, y = torch.randn(200), torch.randn(200)
+    compiled = torch.compile(f, backend="tpu", fullgraph=True, options={"strict": True})
+    got = compiled(x, y)
+    torch.testing.assert_close(got, (x + y) * 2)

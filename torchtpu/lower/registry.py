@@ -79,7 +79,7 @@ _SIZED: dict[Any, SizedLowering] = {}
 
 
 def _check_new(op: Any, table: dict[Any, Any], fn: Callable[..., Any], what: str) -> None:
-    if not isinstance(op, torch._ops.OpOverload):
+    if not isinstance(op, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
         raise RegistryError(f"{what}() takes overloads (aten.add.Tensor), got {op!r}")
     if op in table:
         first = getattr(table[op], "fn", None) or table[op].padded

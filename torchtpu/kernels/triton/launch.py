@@ -294,3 +294,75 @@ def install() -> None:
 
     run_._torchtpu = True  # type: ignore[attr-defined]
     JITFunction.run = run_
+    # Dynamo captures a launch only where torch thinks Triton can run; the translator can.
+    import torch.utils._triton as torch_triton
+
+    torch_triton.has_triton = lambda: True
+    register_lowering()
+
+
+_JAX_TL = {
+    "float16": tl.float16,
+    "bfloat16": tl.bfloat16,
+    "float32": tl.float32,
+    "float64": tl.float64,
+    "int8": tl.int8,
+    "int16": tl.int16,
+    "int32": tl.int32,
+    "int64": tl.int64,
+    "uint8": tl.uint8,
+    "bool": tl.int1,
+}
+
+
+def _functional_supports(**hop: Any) -> bool | str:
+    """Compiled graphs hand the lowering values, not layouts: take contiguous tensors only,
+    so the kernel's stride arguments agree with the buffers (others fall back, counted)."""
+    import torch
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    for name, value in hop["kwargs"].items():
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            return (
+                f"argument {name} {tuple(value.shape)} {value.dtype} is not contiguous "
+                f"(strides {tuple(value.stride())}); call .contiguous() before the launch"
+            )
+    if len(hop["grid"]) != 1 or hop.get("tma_descriptor_metadata"):
+        return "an autotuned launch with several grids, or a TMA descriptor"
+    if not isinstance(kernel_side_table.get_kernel(hop["kernel_idx"]), JITFunction):
+        return "an autotuned or heuristic kernel inside a compiled graph"
+    return True
+
+
+def _functional(**hop: Any) -> dict[str, Any]:
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    fn = kernel_side_table.get_kernel(hop["kernel_idx"])
+    consts = kernel_side_table.get_constant_args(hop["constant_args_idx"])
+    params = list(inspect.signature(fn.fn).parameters)
+    values: dict[str, Any] = {}
+    shapes: dict[str, Any] = {}
+    for name in params:
+        if name in hop["kwargs"]:
+            array = jnp.asarray(hop["kwargs"][name])
+            values[name] = Buffer(array.reshape(-1), 0, _JAX_TL[str(array.dtype)])
+            shapes[name] = array.shape
+        elif name in consts:
+            values[name] = consts[name]
+    stored = run(fn, tuple(hop["grid"][0]), values)
+    return {
+        name: stored[name].reshape(shapes[name]) if name in stored else hop["kwargs"][name]
+        for name in hop["tensors_to_clone"]
+    }
+
+
+def register_lowering() -> None:
+    """The lowering of ``triton_kernel_wrapper_functional``, the op Dynamo and AOTAutograd
+    make of a launch in a compiled function."""
+    import torch
+
+    from torchtpu.lower.registry import lookup, register
+
+    op = torch.ops.higher_order.triton_kernel_wrapper_functional
+    if lookup(op) is None:
+        register(op, supports=_functional_supports)(_functional)
