@@ -14,8 +14,13 @@ and to inductor, and is also written
 to benchmarks/results.md with the date, machine and versions.
 
 FLOPs per step come from XLA's cost analysis of the compile_step program (the
-same arithmetic every system does); the machine's peak is measured here with a
-large float32 matmul, so MFU is achieved FLOP/s over that peak.
+same arithmetic every system does). The machine's peak is measured at the start
+of the run (benchmarks/peak.py): the best GEMM rate of torch and of XLA, float32
+and bfloat16, at several sizes, taking turns. MFU is achieved FLOP/s over the
+best rate for the run's precision (float32: the best float32 GEMM; bf16: the
+best of either dtype), so it is against the hardware's limit, not one library's.
+The header also gives each library's best GEMM and, where it can be derived,
+the CPU's theoretical peak.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ import jax
 import torch
 
 import torchtpu
+
+sys.path.insert(0, str(Path(__file__).parent))
+import peak as peak_gemm  # noqa: E402  (benchmarks/peak.py: the measured GEMM peak)
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).with_name("results.md")
@@ -241,25 +249,6 @@ def _timed(step) -> float:
 # --- measurement -------------------------------------------------------------------------
 
 
-def measure_peak_flops(seconds: float = 2.0) -> float:
-    """Float32 matmul FLOP/s on this machine: the best of repeated 2048^3 products, by
-    torch and by XLA (their GEMM libraries take different paths on some CPUs)."""
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    xa, xb = jax.numpy.asarray(a.numpy()), jax.numpy.asarray(b.numpy())
-    xla_mm = jax.jit(jax.numpy.matmul)
-    runs = [lambda: torch.mm(a, b), lambda: xla_mm(xa, xb).block_until_ready()]
-    best = 0.0
-    for run in runs:
-        run()
-        deadline = time.perf_counter() + seconds / len(runs)
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            run()
-            best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return best
-
-
 def _worker(conn, name: str, sys_name: str, precision: str) -> None:
     """One system in a process of its own: build, take the first and warm-up steps,
     then time one step per request from the parent.
@@ -415,8 +404,11 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["TORCHTPU_CACHE_DIR"] = os.path.join(fresh, "torchtpu")
     models = [m for m in args.models.split(",") if m]
     systems = [s for s in args.systems.split(",") if s]
-    peak = measure_peak_flops()
-    print(f"machine: {machine()}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    gemm = peak_gemm.measure()
+    peak = gemm.value(args.precision)
+    print(f"machine: {machine()}; {gemm.header()}", flush=True)
+    against = "the best fp32 GEMM" if args.precision == "fp32" else "the best GEMM of either dtype"
+    print(f"MFU against {peak / 1e9:,.1f} GFLOP/s, {against}", flush=True)
     results = []
     for name in models:
         print(f"benchmarking {name} ...", flush=True)
@@ -426,12 +418,13 @@ def main(argv: list[str] | None = None) -> None:
         f"# Training-step benchmark\n\n{datetime.date.today().isoformat()}; {machine()}; "
         f"python {sys.version.split()[0]}, torch {torch.__version__}, jax {jax.__version__}, "
         f"torchtpu {torchtpu.__version__}; precision {args.precision}; {args.rounds} interleaved "
-        f"rounds; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
-        f"{'warm' if args.warm_caches else 'empty'} on-disk compile caches at the start.\n\n"
+        f"rounds; {'warm' if args.warm_caches else 'empty'} on-disk compile caches at the "
+        f"start.\n\n{gemm.header()}. MFU is against {peak / 1e9:,.1f} GFLOP/s, {against} "
+        f"measured in this run (benchmarks/peak.py).\n\n"
         f"Command: `.venv/bin/python benchmarks/train_step.py "
         f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n"
     )
-    text = header + format_tables(results, peak) + "\n"
+    text = header + format_tables(results, peak) + "\n\n## Measured peak\n\n" + gemm.table() + "\n"
     if not args.no_write:
         RESULTS.write_text(text)
         print(f"\nwritten to {RESULTS}")
