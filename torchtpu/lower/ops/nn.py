@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -199,6 +200,16 @@ def _attention(q, k, v, attn_mask, is_causal, scale):
     return out.astype(q.dtype), lse
 
 
+def _flash_kernel(q, k, v, attn_mask):
+    """The Pallas flash-attention module when ``TORCHTPU_FLASH=1`` and it takes this
+    call (no mask, 4-d, one float dtype; see docs/pallas.md), else ``None``."""
+    if attn_mask is not None or "TORCHTPU_FLASH" not in os.environ:
+        return None
+    from torchtpu.kernels import flash_attention
+
+    return flash_attention if flash_attention.sdpa_takes(q, k, v, attn_mask) else None
+
+
 def _no_attention_dropout(dropout_p: float) -> bool | str:
     return dropout_p == 0 or f"attention dropout (dropout_p={dropout_p}) inside the fused kernel"
 
@@ -208,6 +219,9 @@ def _no_attention_dropout(dropout_p: float) -> bool | str:
     supports=lambda q, k, v, dropout_p=0.0, *a, **kw: _no_attention_dropout(dropout_p),
 )
 def sdpa_flash_cpu(q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+    flash = _flash_kernel(q, k, v, attn_mask)
+    if flash is not None:
+        return flash.forward(q, k, v, causal=is_causal, scale=scale)
     return _attention(q, k, v, attn_mask, is_causal, scale)
 
 
@@ -218,6 +232,10 @@ def sdpa_flash_cpu(q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, s
 def sdpa_flash_cpu_backward(
     grad, q, k, v, out, lse, dropout_p, is_causal, *, attn_mask=None, scale=None
 ):
+    flash = _flash_kernel(q, k, v, attn_mask)
+    if flash is not None:
+        return flash.backward(q, k, v, out, lse, grad, causal=is_causal, scale=scale)
+
     def forward(q_, k_, v_):
         return _attention(q_, k_, v_, attn_mask, is_causal, scale)[0]
 
