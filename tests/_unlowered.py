@@ -2,6 +2,11 @@
 
 Defined once here: registering the same op name from two test modules in one
 process breaks torch.library (a native error under fake tensors).
+
+A library op whose Python kernel can be traced is lowered through that kernel
+(``torchtpu.lower.custom``), so the ``mystery`` ops compute on the host through
+NumPy: their kernels read their input's values, which tracing cannot do, and
+they stay unlowered.
 """
 
 import torch
@@ -15,9 +20,15 @@ if __name__ != "_unlowered":
 OP = "torchtpu_test.mystery.default"
 
 
+def _bessel_j0_on_host(x: torch.Tensor) -> torch.Tensor:
+    # .numpy() needs the values: a FakeTensor has none, so no trace gets past here.
+    host = torch.from_numpy(x.detach().cpu().numpy())
+    return torch.special.bessel_j0(host).to(x.device)
+
+
 @torch.library.custom_op("torchtpu_test::mystery", mutates_args=())
 def mystery(x: torch.Tensor) -> torch.Tensor:
-    return torch.special.bessel_j0(x)
+    return _bessel_j0_on_host(x)
 
 
 @mystery.register_fake
@@ -28,7 +39,7 @@ def _(x):
 @torch.library.custom_op("torchtpu_test::mystery_cpu", mutates_args=(), device_types="cpu")
 def mystery_cpu(x: torch.Tensor) -> torch.Tensor:
     """A kernel for the CPU only: on tpu tensors it can only take the eager fallback."""
-    return torch.special.bessel_j0(x)
+    return _bessel_j0_on_host(x)
 
 
 @mystery_cpu.register_fake

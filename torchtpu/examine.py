@@ -3,8 +3,10 @@
 ``examine`` captures the graphs exactly as the ``tpu`` backend would see them
 (TorchDynamo, then AOTAutograd with torchtpu's decomposition table, forward and
 backward when anything requires grad) and looks every op up in the lowering
-registry. Nothing is traced with JAX or compiled: the captured graphs run in
-eager PyTorch once, to reach the backward.
+registry. A library op with no lowering whose Python kernel lowers is listed
+as "lowers (through its own implementation)" (that kernel is traced to ATen ops
+with ``make_fx``). Nothing is traced with JAX or compiled: the captured graphs
+run in eager PyTorch once, to reach the backward.
 
     report = torchtpu.examine(model, torch.randn(2, 4))
     print(report)
@@ -31,9 +33,14 @@ from torch._functorch.aot_autograd import make_boxed_func
 
 from torchtpu.capture.backend import aot_backend
 from torchtpu.errors import describe_value
-from torchtpu.lower.interpreter import lowering_status, node_op
+from torchtpu.lower.custom import THROUGH_IMPLEMENTATION
+from torchtpu.lower.interpreter import PYTHON_FUNCTIONS, lowering_status, node_op
+from torchtpu.lower.registry import lookup
 
 LOWERS = "lowers"
+# A library op with no lowering of its own, lowered by tracing its Python kernel
+# (torchtpu.lower.custom).
+LOWERS_THROUGH_IMPLEMENTATION = "lowers (through its own implementation)"
 FALLS_BACK = "falls back"
 
 
@@ -63,9 +70,16 @@ class ExamineReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Distinct ops per status, e.g. ``{"lowers": 12, "falls back": 1}``."""
+        """Distinct ops per status, e.g. ``{"lowers": 12, "falls back": 1}``; ops that
+        lower through their own implementation count as lowering."""
         counted = collections.Counter(use.status for use in self.ops)
-        return {LOWERS: counted[LOWERS], FALLS_BACK: counted[FALLS_BACK]}
+        lowers = counted[LOWERS] + counted[LOWERS_THROUGH_IMPLEMENTATION]
+        return {LOWERS: lowers, FALLS_BACK: counted[FALLS_BACK]}
+
+    @property
+    def through_implementation(self) -> list[str]:
+        """Library ops lowered by tracing their own Python implementation."""
+        return [use.op for use in self.ops if use.status == LOWERS_THROUGH_IMPLEMENTATION]
 
     @property
     def falls_back(self) -> list[str]:
@@ -79,21 +93,24 @@ class ExamineReport:
     def __str__(self) -> str:
         counts = self.counts
         kinds = ", ".join(self.graphs) or "none"
+        through = len(self.through_implementation)
+        through_text = f" ({through} through their own implementation)" if through else ""
         lines = [
             f"torchtpu.examine: {len(self.graphs)} ATen graph(s) ({kinds}), "
             f"{len(self.graph_breaks)} Dynamo graph break(s)",
-            f"  {counts[LOWERS]} op(s) lower to XLA, {counts[FALLS_BACK]} fall(s) back to eager "
-            "PyTorch on the CPU (an error in strict mode)",
+            f"  {counts[LOWERS]} op(s) lower to XLA{through_text}, {counts[FALLS_BACK]} fall(s) "
+            "back to eager PyTorch on the CPU (an error in strict mode)",
         ]
         if self.ops:
             width = max(len(use.op) for use in self.ops)
+            state = max(10, *(len(use.status) for use in self.ops))
             lines.append("")
-            lines.append(f"  {'status':<10}  {'nodes':>5}  {'op':<{width}}  graphs")
+            lines.append(f"  {'status':<{state}}  {'nodes':>5}  {'op':<{width}}  graphs")
             for use in self.ops:
                 graphs = ",".join(use.graphs)
                 example = f"  e.g. {use.example}" if use.status == FALLS_BACK else ""
                 lines.append(
-                    f"  {use.status:<10}  {use.count:>5}  {use.op:<{width}}  {graphs}{example}"
+                    f"  {use.status:<{state}}  {use.count:>5}  {use.op:<{width}}  {graphs}{example}"
                 )
         for reason in self.graph_breaks:
             lines.append(f"  graph break: {reason}")
@@ -167,7 +184,7 @@ def _op_uses(graphs: list[tuple[str, torch.fx.GraphModule]]) -> list[OpUse]:
             if key not in uses:
                 uses[key] = OpUse(key, status, 0, [], _example(node, reason))
             use = uses[key]
-            if status == FALLS_BACK and use.status == LOWERS:
+            if status == FALLS_BACK and use.status != FALLS_BACK:
                 # Lowered for some calls, refused for this one (its supports= check).
                 use.status, use.example = FALLS_BACK, _example(node, reason)
             use.count += 1
@@ -183,7 +200,12 @@ def _status(node: torch.fx.Node) -> tuple[str, str]:
         status, reason = lowering_status(node)
     except TypeError:  # an unhashable target can have no lowering
         return FALLS_BACK, "no lowering"
-    return (LOWERS, "") if status == "lowers" else (FALLS_BACK, reason)
+    if status != "lowers":
+        return FALLS_BACK, reason
+    lowering = lookup(node_op(node)) if node.target not in PYTHON_FUNCTIONS else None
+    if lowering is not None and lowering.via == THROUGH_IMPLEMENTATION:
+        return LOWERS_THROUGH_IMPLEMENTATION, ""
+    return LOWERS, ""
 
 
 def _example(node: torch.fx.Node, reason: str = "") -> str:

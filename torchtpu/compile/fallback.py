@@ -6,7 +6,10 @@ the same :class:`~torchtpu.errors.UnsupportedOpError` whichever front end hit
 the op; otherwise it warns once per op and the fallback is counted in
 ``torchtpu.metrics()["fallbacks"]`` each time it runs. The warning says why:
 the op has no lowering, its lowering refused these arguments, or its lowering
-crashed (a torchtpu bug, reported as one).
+crashed (a torchtpu bug, reported as one). For a library op with no lowering
+it also says why its own implementation could not be lowered instead
+(``torchtpu.lower.custom``): a C++ kernel, a body that cannot be traced, or an
+op inside it that does not lower.
 """
 
 from __future__ import annotations
@@ -61,10 +64,9 @@ def fall_back(
 
 
 def _warning(name: str, reason: str, kind: Kind) -> str:
-    tail = (
-        "; it runs in eager PyTorch on the CPU (counted in torchtpu.metrics()['fallbacks']). "
-        "Set TORCHTPU_STRICT=1 to make this an error."
-    )
+    counted = "; it runs in eager PyTorch on the CPU (counted in torchtpu.metrics()['fallbacks'])."
+    strict = " Set TORCHTPU_STRICT=1 to make this an error."
+    tail = counted + strict
     if kind == "crashed":
         return (
             f"torchtpu: the XLA lowering of {name} crashed ({reason}){tail} This is a bug in "
@@ -72,6 +74,14 @@ def _warning(name: str, reason: str, kind: Kind) -> str:
         )
     if kind == "refused":
         return f"torchtpu: {name} cannot be lowered for these arguments ({reason}){tail}"
+    if reason.startswith("no lowering, and "):
+        # A library op: why its own implementation could not stand in for a lowering
+        # (compiled code, a body that cannot be traced, an op inside it that does not lower).
+        why = reason.removeprefix("no lowering, and ")
+        return (
+            f"torchtpu: {name} has no XLA lowering{counted} Not lowered through its own "
+            f"implementation because {why}.{strict}"
+        )
     return f"torchtpu: {name} has no XLA lowering{tail}"
 
 

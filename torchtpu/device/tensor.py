@@ -47,6 +47,7 @@ from torchtpu.compile.sized import run_sized
 from torchtpu.device import lazy
 from torchtpu.device.lazy import SCALAR, TENSOR, Recipe, Value
 from torchtpu.lower import checks
+from torchtpu.lower.custom import missing_reason
 from torchtpu.lower.dtypes import from_numpy, to_jax_dtype
 from torchtpu.lower.registry import lookup, sized_lowering
 from torchtpu.metrics import bump
@@ -236,7 +237,10 @@ def _choose_road(func: Any) -> Callable[..., Any]:
             return functools.partial(_mutating, twin=twin)
         return _fallback
     if func.namespace not in {"aten", "prims"}:
-        return _fallback
+        # A library op is recorded only when it lowers through its own Python kernel
+        # (torchtpu.lower.custom); it may still fall back, with the reason, for some calls.
+        lowering = lookup(func)
+        return _functional if lowering is not None and lowering.via else _fallback
     return _functional
 
 
@@ -475,6 +479,8 @@ def _make_recipe(
         if sized_lowering(func) is not None:
             return _SIZED
         meta_out = _meta_from_lowering(func, lowering, exc, vals, scalars, args, kwargs, dyn)
+        if meta_out is None and scalars and dyn and lowering is not None and lowering.via:
+            return None  # a library op's implementation is traced for its scalars' values
         if meta_out is None:
             if _is_user_error(exc):
                 raise
@@ -917,9 +923,9 @@ def _empty(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     return new_zeros(tuple(size), dtype)
 
 
-def _fallback(func: Any, args: tuple, kwargs: dict, reason: str = "no lowering") -> Any:
+def _fallback(func: Any, args: tuple, kwargs: dict, reason: str | None = None) -> Any:
     """Run ``func`` in eager PyTorch on the CPU, visibly (see ``compile/fallback.py``)."""
-    fall_back(func, args, kwargs, reason)
+    fall_back(func, args, kwargs, reason or missing_reason(func))
     written: list[tuple[torch.Tensor, torch.Tensor]] = []
     mutated = {a.name for a in func._schema.arguments if a.alias_info and a.alias_info.is_write}
     names = [a.name for a in func._schema.arguments]

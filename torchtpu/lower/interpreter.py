@@ -22,6 +22,7 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from torchtpu.errors import LoweringUnsupported
 from torchtpu.lower import checks
+from torchtpu.lower.custom import missing_reason
 from torchtpu.lower.dtypes import (
     is_array,
     promoted_dtypes,
@@ -112,19 +113,22 @@ def is_lowerable(node: torch.fx.Node) -> bool:
 def lowering_status(node: torch.fx.Node) -> tuple[str, str]:
     """``("lowers", "")``, ``("missing", reason)`` or ``("refused", reason)`` for ``node``,
     decided from its recorded arguments before anything is traced: the
-    lowering's ``supports=`` checker sees FakeTensors for tensors."""
+    lowering's ``supports=`` checker sees FakeTensors for tensors. A library op
+    lowered through its own implementation (``torchtpu.lower.custom``) whose
+    implementation cannot be lowered is ``"missing"``, with the reason."""
     if node.op != "call_function" or node.target in PYTHON_FUNCTIONS or is_sized(node):
         return "lowers", ""
-    lowering = lookup(node_op(node))
+    op = node_op(node)
+    lowering = lookup(op)
     if lowering is None:
-        return "missing", "no lowering"
+        return "missing", missing_reason(op, node.args)
     if lowering.supports is not None:
         args, kwargs = meta_args(node)
         if node.target is WITH_EFFECTS:
             args = args[2:]
         reason = lowering.refuses(args, kwargs)
         if reason:
-            return "refused", reason
+            return ("missing" if lowering.via else "refused"), reason
     return "lowers", ""
 
 
@@ -222,10 +226,12 @@ def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) ->
         token, target, *args = args  # AOTAutograd passes the token as None
     lowering = lookup(target)
     if lowering is None:
-        raise NoLowering(node, "no lowering")
+        raise NoLowering(node, missing_reason(target))
     try:
         out = apply(lowering, tuple(args), kwargs, rng)
     except LoweringUnsupported as exc:
+        if lowering.via:  # the op's own implementation did not lower: it has no lowering
+            raise NoLowering(node, f"no lowering, and {exc}") from exc
         raise NoLowering(node, str(exc), kind="refused") from exc
     except Exception as exc:
         # PyTorch already checked the arguments while tracing, so a failure here

@@ -18,6 +18,10 @@ Policy lives here, declared at registration, not inside each body:
   it before anything is traced, so such a call falls back (or is reported) up
   front instead of failing while traced.
 
+Library ops (a ``torch.library`` namespace other than ``aten`` and ``prims``)
+with no lowering here but a Python kernel get one made on first lookup, which
+traces that kernel to ATen ops (``torchtpu.lower.custom``); its ``via`` says so.
+
 Ops whose output size depends on data have a second registry, of
 :class:`SizedLowering` (``register_sized``); see ``torchtpu.lower.sized``.
 A second registration of the same overload, in either registry, is an error,
@@ -47,6 +51,9 @@ class Lowering:
     rng: bool = False
     accumulate: bool = False
     supports: Supports | None = None
+    # How the op lowers when it is not by a lowering of ours: "its own implementation"
+    # for library ops traced through their Python kernel (torchtpu.lower.custom).
+    via: str = ""
 
     @property
     def name(self) -> str:
@@ -59,7 +66,11 @@ class Lowering:
         verdict = self.supports(*args, **kwargs)
         if verdict is True:
             return None
-        return verdict if isinstance(verdict, str) else "the lowering does not take these arguments"
+        reason = (
+            verdict if isinstance(verdict, str) else "the lowering does not take these arguments"
+        )
+        # Through its own implementation, a refusal means the op has no lowering at all.
+        return f"no lowering, and {reason}" if self.via else reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,11 +178,30 @@ def register_sized(
     return decorate
 
 
+_THROUGH_IMPLEMENTATION: dict[Any, Lowering] = {}
+
+
 def lookup(op: Any) -> Lowering | None:
-    """The lowering registered for ``op``, or ``None``."""
+    """The lowering registered for ``op``; for a library op with none, the lowering
+    through its own Python implementation (``torchtpu.lower.custom``); else ``None``.
+
+    Example::
+
+        lookup(torch.ops.aten.sin.default).fn  # the JAX function of aten.sin
+    """
     _load_ops()
     found = _REGISTRY.get(op)
-    return found if found is not None or not _BY_NAME else _by_name(op)
+    if found is None and _BY_NAME:
+        found = _by_name(op)
+    if found is None and isinstance(op, torch._ops.OpOverload):
+        found = _THROUGH_IMPLEMENTATION.get(op)
+        if found is None:
+            from torchtpu.lower.custom import through_implementation
+
+            found = through_implementation(op)
+            if found is not None:
+                _THROUGH_IMPLEMENTATION[op] = found
+    return found
 
 
 def sized_lowering(op: Any) -> SizedLowering | None:
