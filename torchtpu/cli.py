@@ -51,82 +51,50 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-class _StepsDone(BaseException):
-    """Stops a script under ``torchtpu plan`` once its step has run enough; a
-    BaseException so that the script's own ``except Exception`` does not catch it."""
-
-
 def _plan(argv: list[str]) -> int:
-    """Run ``script.py`` until its first ``compile_step`` has run ``--steps`` times,
-    stop it there, and print the plan of that step.
-
-    The script is run as ``__main__`` (as ``torchtpu run`` does) with
-    ``CompiledStep.__call__`` wrapped for the run: the first step object called
-    is the one planned, read from its compiled programs. A script that calls
-    ``torchtpu.plan(...)`` itself prints its own plan; one without a
-    ``compile_step`` (plain ``torch.compile``) is told to do that.
+    """Run ``script.py`` until its step has run ``--steps`` times, stop it there, and
+    print the plan of that step (see :mod:`torchtpu.plan.script`): its first
+    ``compile_step``, or else the graphs it compiles with ``torch.compile``.
     """
-    import runpy
     from pathlib import Path
 
     import torchtpu.plan
-    from torchtpu.train.step import CompiledStep
+    from torchtpu.plan.script import capture_script
 
     p = argparse.ArgumentParser(
         prog="torchtpu plan",
-        description="Run a script until its compile_step has run, then print the step's plan "
-        "per chip. Planner options go before the script; what follows it is the script's.",
+        description="Run a script until its training step has run (a compile_step, or its "
+        "torch.compile(backend='tpu') graphs), then print the step's plan per chip. Planner "
+        "options go before the script; what follows it is the script's.",
     )
-    p.add_argument("script", help="a Python script that trains with torchtpu.compile_step")
+    p.add_argument("script", help="a Python script that trains with compile_step or torch.compile")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
     p.add_argument("--chips", default=None, help="comma-separated catalog keys and 'local'")
     p.add_argument("--n-chips", type=int, default=1, help="chips per job (data parallel)")
     p.add_argument("--strategy", default="auto", choices=["auto", *torchtpu.plan.STRATEGIES])
     p.add_argument("--tokens", type=float, default=None, help="the job's total tokens")
-    p.add_argument("--steps", type=int, default=1, help="step calls to run before planning")
+    p.add_argument("--steps", type=int, default=1, help="steps to run before planning")
     p.add_argument("--markdown", default=None, help="also write the table to this .md file")
+    p.add_argument("--chart", default=None, help="also draw tokens/s and $/1M tokens to this PNG")
     args = p.parse_args(argv)
 
-    seen: list[CompiledStep] = []
-    calls = [0]
-    original = CompiledStep.__call__
-
-    def recording(self: CompiledStep, *a: object, **kw: object) -> object:
-        if not seen:
-            seen.append(self)
-        out = original(self, *a, **kw)
-        if self is seen[0]:
-            calls[0] += 1
-            if calls[0] >= args.steps:
-                raise _StepsDone
-        return out
-
-    saved_argv, saved_path = sys.argv, list(sys.path)
-    sys.argv = [args.script, *args.args]
-    sys.path.insert(0, str(Path(args.script).resolve().parent))
-    CompiledStep.__call__ = recording
+    captured = capture_script(args.script, args.args, args.steps)
     try:
-        runpy.run_path(args.script, run_name="__main__")
-    except _StepsDone:
-        pass
-    finally:
-        CompiledStep.__call__ = original
-        sys.argv, sys.path[:] = saved_argv, saved_path
-    if not seen:
-        print(
-            f"torchtpu plan: {args.script} called no torchtpu.compile_step; compile its "
-            "training step with compile_step, or call torchtpu.plan(model, *inputs) in it",
-            file=sys.stderr,
-        )
+        plannable = captured.plannable()
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 1
     chips = args.chips.split(",") if args.chips else None
     result = torchtpu.plan(
-        seen[0], chips=chips, n_chips=args.n_chips, strategy=args.strategy, tokens=args.tokens
+        plannable, chips=chips, n_chips=args.n_chips, strategy=args.strategy, tokens=args.tokens
     )
     print(result)
     if args.markdown:
         Path(args.markdown).write_text(result.markdown() + "\n")
         print(f"torchtpu plan: wrote {args.markdown}")
+    if args.chart:
+        result.chart(args.chart)
+        print(f"torchtpu plan: wrote {args.chart}")
     return 0
 
 

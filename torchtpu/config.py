@@ -26,7 +26,8 @@ def _default_cache_dir() -> str:
 class Options:
     """torchtpu's run-time options.
 
-    platform: ``"cpu"``, ``"gpu"`` or ``"tpu"``; ``None`` picks JAX's default
+    platform: ``"cpu"``, ``"gpu"``, ``"tpu"`` or ``"auto"`` (each ``torch.compile`` graph
+        times the platforms present and keeps the fastest); ``None`` picks JAX's default
         device (TPU, else GPU, else CPU). Env: ``TORCHTPU_PLATFORM``.
     strict: turn every eager fallback into an error. Env: ``TORCHTPU_STRICT``.
     cache_dir: JAX persistent compilation cache; ``""`` disables it.
@@ -114,7 +115,7 @@ class Options:
 
 
 _OPTIONS = Options()
-_PLATFORMS = {"cpu", "gpu", "tpu", "cuda", "rocm"}
+_PLATFORMS = {"cpu", "gpu", "tpu", "cuda", "rocm", "auto"}
 
 
 def options() -> Options:

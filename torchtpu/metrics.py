@@ -40,6 +40,7 @@ def _fresh() -> dict[str, Any]:
         "checkpoint_saves": 0,
         "checkpoint_bytes": 0,
         "reshards": 0,
+        "auto_choices": [],
     }
 
 
@@ -51,6 +52,10 @@ def reset_metrics() -> None:
 
 def bump(name: str, amount: float = 1) -> None:
     _COUNTERS[name] += amount
+
+
+def record_auto_choice(choice: dict[str, Any]) -> None:
+    _COUNTERS["auto_choices"].append(choice)
 
 
 def count_fallback(op_name: str) -> None:
@@ -82,6 +87,10 @@ def metrics() -> dict[str, Any]:
     ``eager_ops`` (ops run one at a time in strict eager mode) and, with
     ``TORCHTPU_DEBUG=1``, ``compile_sites`` (the Python line that caused each
     fused compile -> count).
+
+    ``auto_choices``: one dict per graph compiled with ``backend="auto"`` (or
+    ``TORCHTPU_PLATFORM=auto``): ``graph`` (its call site), ``chosen``, ``seconds``
+    (candidate -> median seconds per call), ``failed`` (candidate -> error).
 
     Checkpoints: ``checkpoint_saves`` (committed) and ``checkpoint_bytes``
     (tensor bytes copied to the host for them).
@@ -118,7 +127,7 @@ def report() -> str:
     width = max(len(k) for k in snap)
     lines = ["torchtpu metrics"]
     for key, value in snap.items():
-        if key == "fallbacks":
+        if key in {"fallbacks", "auto_choices"}:
             continue
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         lines.append(f"  {key:<{width}}  {shown}")
@@ -126,6 +135,10 @@ def report() -> str:
     lines.append(f"  {'fallbacks':<{width}}  {sum(fallbacks.values())}")
     for op, n in sorted(fallbacks.items(), key=lambda kv: -kv[1]):
         lines.append(f"      {n:>6}  {op}")
+    lines.append(f"  {'auto_choices':<{width}}  {len(snap['auto_choices'])}")
+    for c in snap["auto_choices"]:
+        times = ", ".join(f"{n} {s * 1e3:.3g} ms" for n, s in c["seconds"].items())
+        lines.append(f"      {c['chosen']} at {c['graph']} ({times or 'not timed'})")
     text = "\n".join(lines)
     print(text)
     return text

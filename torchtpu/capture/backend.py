@@ -22,6 +22,7 @@ from torchtpu.config import options_with
 from torchtpu.decompose import decomposition_table
 from torchtpu.metrics import bump
 from torchtpu.run.executor import GraphExecutor
+from torchtpu.runtime.device import platform_scope
 
 
 def aot_backend(compiler_for: Callable[[str], Callable[..., Any]]) -> Any:
@@ -50,7 +51,14 @@ def tpu_backend(
         model(torch.randn(2, 4))
     """
     opts = options_with(options, "torch.compile(backend='tpu')")
+    if opts.platform == "auto":  # TORCHTPU_PLATFORM=auto: time each platform present
+        from torchtpu.capture.auto import choose
+
+        return choose(gm, example_inputs, options, eager=False)
     bump("graphs")
+    # A platform named for this graph (the auto choice's candidates) holds for its
+    # forward and backward programs, whatever the process-wide option says.
+    pinned = (options or {}).get("platform")
 
     # The user's names for the graph's inputs (``L['x']``), for recompile reports:
     # AOTAutograd's forward takes them in the same order.
@@ -65,18 +73,32 @@ def tpu_backend(
     def compiler(name: str):
         def compile_graph(graph: torch.fx.GraphModule, inputs: Sequence[Any]) -> GraphExecutor:
             first = name in {"forward", "inference"}
-            return GraphExecutor(
+            executor = GraphExecutor(
                 graph,
                 opts,
                 name=name,
                 input_names=names if name == "forward" else None,
                 param_names=params if first else None,
             )
+            return executor if pinned is None else _Pinned(executor, pinned)
 
         return compile_graph
 
     compiled = aot_backend(compiler)(gm, example_inputs)
     return bucketed(compiled, gm, opts.bucket) if opts.bucket else compiled
+
+
+class _Pinned:
+    """A graph's executor that runs on ``platform`` (see :func:`platform_scope`)."""
+
+    def __init__(self, executor: GraphExecutor, platform: str) -> None:
+        self.executor = executor
+        self.platform = platform
+        self._boxed_call = True
+
+    def __call__(self, *args: Any) -> list[Any]:
+        with platform_scope(self.platform):
+            return self.executor(*args)
 
 
 def module_path(source: str) -> str:

@@ -4,10 +4,12 @@
     plan.rows       # one dict per chip
     print(plan)     # the table
 
-The modules, in the order a plan is made: ``catalog`` (the chips and their
-sourced figures, ``chips.toml``), ``local`` (this machine's chip, measured),
-``model`` (the workload read from the compiled programs, the roofline, the
-collectives, decoding), ``report`` (the :class:`Plan` and its table).
+The modules, in the order a plan is made: ``script`` (a script's step, for
+``torchtpu plan script.py``), ``catalog`` (the chips and their sourced figures,
+``chips.toml``), ``local`` (this machine's chip, measured), ``hlo`` (the compiled
+programs' operations by class), ``model`` (the workload read from the compiled
+programs, the per-operation roofline, the collectives, decoding), ``report`` (the
+:class:`Plan` and its table), ``chart`` (its PNG).
 """
 
 from __future__ import annotations

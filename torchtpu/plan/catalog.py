@@ -81,6 +81,8 @@ _FIGURES: dict[str, tuple[str, bool]] = {
     "tdp_w": ("W", False),
     "price_per_hour": ("USD/h", False),
     "matmul_efficiency": ("fraction", True),
+    "conv_efficiency": ("fraction", False),
+    "matvec_bw": ("bytes/s", False),
 }
 _CHIP_KEYS = ("name", "vendor", "domain", "topology", "peak_flops", *_FIGURES)
 _REQUIRED = ("name", "vendor", "domain", "topology", "peak_flops") + tuple(
@@ -154,6 +156,12 @@ class Chip:
     price_per_hour: Figure | None
     price_provider: str | None
     matmul_efficiency: Figure
+    # Rates of the op classes a program's HLO is split into (torchtpu/plan/hlo.py). The
+    # catalog publishes neither: a convolution runs at matmul_efficiency (cuDNN, MIOpen and
+    # the TPU MXU run convolutions as implicit matmuls) and a matrix-vector product streams
+    # at memory_bw, both stated estimates (docs/planner.md). The local chip measures both.
+    conv_efficiency: Figure | None = None
+    matvec_bw: Figure | None = None
 
     def peak(self, dtype: str) -> Figure:
         """The dense peak for ``dtype`` ("bf16", "float16", "torch.float8_e4m3fn", ...).

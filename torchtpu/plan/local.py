@@ -10,9 +10,14 @@
   divides by it.
 - Memory: the host's physical memory on the CPU, the device's allocator limit
   on a GPU or TPU.
+- Convolution efficiency: the FLOP rate of a training convolution (forward and both
+  gradients of a 3x3, 64-channel convolution over 16 images of 32 x 32, a ResNet
+  stage's shape), as a fraction of the matmul peak.
+- Matrix-vector bandwidth: the rate at which a batch-8 product reads a 64 MiB float32
+  matrix (a decode step's dots), in the bytes its cost analysis counts.
 
 No price or power: the local machine's cost and energy are left blank.
-The measurement runs once per process (about two seconds).
+The measurement runs once per process (about three seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import functools
 import os
 import platform
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +75,15 @@ def local_chip() -> Chip:
         matmul_efficiency=Figure(
             1.0, "1 by definition: the peak is the measured matmul", today, True
         ),
+        conv_efficiency=Figure(
+            min(1.0, measure_conv_flops() / fp32),
+            f"{_SOURCE}: 3x3 convolution, forward and gradients / matmul peak",
+            today,
+            True,
+        ),
+        matvec_bw=Figure(
+            measure_matvec_bandwidth(), f"{_SOURCE}: batch-8 matrix-vector", today, True
+        ),
     )
 
 
@@ -94,6 +109,47 @@ def measure_bandwidth(seconds: float = 0.4, *, n: int = 1 << 25) -> float:
             x.block_until_ready()
             best = min(best, time.perf_counter() - start)
     return nbytes / best
+
+
+def measure_conv_flops(seconds: float = 0.4) -> float:
+    """FLOP/s (cost-analysis FLOPs over the best time) of a training convolution:
+    forward, input gradient and weight gradient of a 3x3 convolution, 64 -> 64
+    channels, over 16 float32 images of 32 x 32."""
+
+    def train(x: jax.Array, w: jax.Array) -> tuple[jax.Array, ...]:
+        def conv(x: jax.Array, w: jax.Array) -> jax.Array:
+            return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME")
+
+        out, vjp = jax.vjp(conv, x, w)
+        return (out, *vjp(out))
+
+    with jax_scope() as device:
+        x = jax.device_put(jnp.ones((16, 64, 32, 32), jnp.float32), device)
+        w = jax.device_put(jnp.ones((64, 64, 3, 3), jnp.float32), device)
+        return _best_rate(jax.jit(train).lower(x, w).compile(), (x, w), "flops", seconds)
+
+
+def measure_matvec_bandwidth(seconds: float = 0.4) -> float:
+    """Bytes/s of an (8, 4096) x (4096, 4096) float32 product, counted as its cost
+    analysis counts them (the matrix, read once, dominates)."""
+    with jax_scope() as device:
+        x = jax.device_put(jnp.ones((8, 4096), jnp.float32), device)
+        w = jax.device_put(jnp.ones((4096, 4096), jnp.float32), device)
+        return _best_rate(
+            jax.jit(jnp.matmul).lower(x, w).compile(), (x, w), "bytes accessed", seconds
+        )
+
+
+def _best_rate(compiled: Any, args: tuple[Any, ...], figure: str, seconds: float) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    jax.block_until_ready(compiled(*args))
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        best = min(best, time.perf_counter() - start)
+    return float(cost[figure]) / best
 
 
 def _memory_bytes() -> float:

@@ -67,6 +67,9 @@ class Workload:
     tokens: tokens (or samples, see ``unit``) one chip processes per step.
     dtype: the matmul dtype (``"bf16"`` if the programs' matmuls run in bf16).
     source: where the figures come from, printed in the report.
+    ops: the programs' top-level operations by class (:mod:`torchtpu.plan.hlo`); with
+    them the roofline is taken per operation, at its class's rate. Empty for an
+    analytic workload, which is priced on its totals.
     """
 
     flops: float
@@ -78,6 +81,7 @@ class Workload:
     dtype: str = "fp32"
     source: str = "program"
     unit: str = "tokens"
+    ops: tuple[Any, ...] = ()
     extra_comm: tuple[Collective, ...] = ()
 
 
@@ -114,6 +118,7 @@ class Estimate:
     estimated: tuple[str, ...]
     comm_formula: str
     flops: float
+    by_class: tuple[tuple[str, float], ...] = ()  # (op class, seconds), per-op rooflines
 
     @property
     def mfu(self) -> float:
@@ -154,9 +159,13 @@ def workload_from_programs(
     temporaries - aliased. ``state_bytes`` defaults to the donated (aliased) bytes."""
     if not programs:
         raise ValueError("plan: no compiled XLA programs to read (did the step run on XLA?)")
+    from torchtpu.plan.hlo import op_costs
+
     flops = nbytes = 0.0
     memory = aliased = 0.0
+    ops: list[Any] = []
     for program in programs:
+        ops += op_costs(program.compiled_text())
         cost = program.cost_analysis()
         flops += float(cost.get("flops", 0.0))
         nbytes += float(cost.get("bytes accessed", 0.0))
@@ -180,6 +189,7 @@ def workload_from_programs(
         dtype=dtype,
         source=f"XLA cost and memory analysis of {len(programs)} program(s)",
         unit=unit,
+        ops=tuple(ops),
     )
 
 
@@ -352,9 +362,12 @@ def estimate(w: Workload, chip: Chip, n: int = 1, strategy: str = "dp") -> Estim
     if strategy not in STRATEGIES:
         raise ValueError(f"plan: strategy={strategy!r} is not one of {STRATEGIES}")
     peak = chip_peak(chip, w.dtype)
-    compute = w.flops / (peak.value * chip.matmul_efficiency.value)
-    memory = w.bytes_accessed / chip.memory_bw.value
-    local = max(compute, memory)
+    if w.ops:
+        compute, memory, local, by_class, split = per_op_roofline(w, chip, peak.value)
+    else:
+        compute = w.flops / (peak.value * chip.matmul_efficiency.value)
+        memory = w.bytes_accessed / chip.memory_bw.value
+        local, by_class, split = max(compute, memory), (), {"compute": compute, "memory": memory}
     comm = exposed = 0.0
     formulas, comm_estimated = [], False
     for c in strategy_collectives(w, strategy, n):
@@ -364,12 +377,17 @@ def estimate(w: Workload, chip: Chip, n: int = 1, strategy: str = "dp") -> Estim
         formulas.append(formula)
         comm_estimated |= est
     step = local + exposed
-    terms = {"compute": compute, "memory": memory, "communication": exposed}
+    terms = {**split, "communication": exposed}
     bound = max(terms, key=terms.__getitem__)
     held = memory_per_chip(w, strategy, n)
     estimated = [f for f in ("peak", "matmul_efficiency", "memory_bw") if not _verified(chip, f, w)]
     if comm_estimated:
         estimated.append("link_bw")
+    kinds = {o.kind for o in w.ops}
+    if "conv" in kinds and not (chip.conv_efficiency and chip.conv_efficiency.verified):
+        estimated.append("conv_efficiency")
+    if "matvec" in kinds and not (chip.matvec_bw and chip.matvec_bw.verified):
+        estimated.append("matvec_bw")
     if not chip.memory_bytes.verified:
         estimated.append("memory_bytes")
     return Estimate(
@@ -389,7 +407,72 @@ def estimate(w: Workload, chip: Chip, n: int = 1, strategy: str = "dp") -> Estim
         estimated=tuple(estimated),
         comm_formula="; ".join(dict.fromkeys(formulas)) or "none",
         flops=w.flops,
+        by_class=by_class,
     )
+
+
+def pipeline_bubble(stages: int, microbatches: int, interleave: int = 1) -> float:
+    """The idle fraction a pipeline adds to a step: (p - 1) / (v m) of the ideal time for a
+    1F1B schedule of ``stages`` p, ``microbatches`` m and ``interleave`` v virtual stages
+    per device (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on
+    GPU Clusters", eq. 1 and section 2.2.2): step = ideal x (1 + bubble).
+
+    Example::
+
+        pipeline_bubble(16, 32)  # 15/32 = 0.469
+    """
+    if stages < 1 or microbatches < 1 or interleave < 1:
+        raise ValueError(
+            f"pipeline_bubble: stages={stages}, microbatches={microbatches}, "
+            f"interleave={interleave}; each must be at least 1"
+        )
+    return (stages - 1) / (interleave * microbatches)
+
+
+def class_rates(chip: Chip, peak: float) -> dict[str, tuple[float, float]]:
+    """(FLOP/s, bytes/s) of each op class on ``chip``, ``peak`` the dense peak of the
+    programs' dtype: matmuls at the matmul efficiency and HBM bandwidth; convolutions at
+    ``conv_efficiency`` (else the matmul efficiency); matrix-vector products reading at
+    ``matvec_bw`` (else HBM bandwidth); other ops at HBM bandwidth."""
+    matmul = peak * chip.matmul_efficiency.value
+    conv = peak * chip.conv_efficiency.value if chip.conv_efficiency else matmul
+    bw = chip.memory_bw.value
+    matvec = chip.matvec_bw.value if chip.matvec_bw else bw
+    return {
+        "matmul": (matmul, bw),
+        "conv": (conv, bw),
+        "matvec": (matmul, matvec),
+        "other": (matmul, bw),
+    }
+
+
+def per_op_roofline(
+    w: Workload, chip: Chip, peak: float
+) -> tuple[float, float, float, tuple[tuple[str, float], ...], dict[str, float]]:
+    """Compute and memory totals, and the step's device time as the sum over operations
+    of max(FLOPs / class FLOP rate, bytes / class bandwidth): operations run one after
+    another, each bound by its own resource. Also that time per class, and split by
+    what bounds each operation (``{"compute": s, "memory": s}``).
+
+    FLOPs and bytes are scaled to XLA's cost-analysis totals (the HLO counts are within a
+    few per cent of them): XLA's figures are the workload's, the HLO gives their split."""
+    rates = class_rates(chip, peak)
+    counted = sum(o.flops for o in w.ops)
+    scale = w.flops / counted if counted else 1.0
+    moved = sum(o.bytes for o in w.ops)
+    byte_scale = w.bytes_accessed / moved if moved else 1.0
+    compute = memory = total = 0.0
+    per_class = dict.fromkeys(rates, 0.0)
+    split = {"compute": 0.0, "memory": 0.0}
+    for o in w.ops:
+        flop_rate, bw = rates[o.kind]
+        c, m = o.flops * scale / flop_rate, o.bytes * byte_scale / bw
+        compute, memory = compute + c, memory + m
+        total += max(c, m)
+        per_class[o.kind] += max(c, m)
+        split["compute" if c >= m else "memory"] += max(c, m)
+    by_class = tuple((k, t) for k, t in per_class.items() if t)
+    return compute, memory, total, by_class, split
 
 
 def _verified(chip: Chip, field: str, w: Workload) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 from torchtpu.plan.model import DecodeEstimate, Estimate, Workload
@@ -62,6 +63,18 @@ class Plan:
         """The plan as a markdown table with its header and legend."""
         return self._render(markdown=True)
 
+    def chart(self, path: str | Path) -> Path:
+        """Draw tokens/s and $ per 1M tokens per chip, the fastest and the cheapest marked,
+        to the PNG ``path`` (needs matplotlib: ``pip install "torchtpu[plot]"``).
+
+        Example::
+
+            plan.chart("plan.png")
+        """
+        from torchtpu.plan.chart import draw
+
+        return draw(self, path)
+
     def __str__(self) -> str:
         return self.table()
 
@@ -98,7 +111,13 @@ class Plan:
             f"{self.workload.unit} (among chips that fit). {ESTIMATE}: rests on an unverified "
             "catalog figure. bound: the largest of compute, memory traffic and exposed "
             "communication.",
-            "step = max(compute, memory) + communication not hidden under compute; "
+            (
+                "step = the sum over the programs' operations of max(compute, memory) at "
+                "each op class's rate (matmul, matvec, conv, other)"
+                if self.workload.ops
+                else "step = max(compute, memory)"
+            )
+            + " + communication not hidden under compute; "
             "MFU against the chip's dense peak for the programs' dtype.",
         ]
         if self.workload.dtype == "fp32" and any(r["consider_bf16"] for r in self.rows):
@@ -146,6 +165,7 @@ def _row(w: Workload, e: Estimate, job_tokens: float | None) -> dict[str, Any]:
         "comm_s": e.comm_s,
         "exposed_comm_s": e.exposed_comm_s,
         "comm_formula": e.comm_formula,
+        "by_class": dict(e.by_class),
         "dtype": w.dtype,
         "consider_bf16": w.dtype == "fp32" and bf16 is not None and bf16.value >= 2 * e.peak.value,
         "estimates": list(e.estimated)

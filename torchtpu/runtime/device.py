@@ -29,7 +29,7 @@ def _run_cpu_programs_inline() -> None:
     so this runs at import, before anyone asks JAX for a device.
     """
     opts = options()
-    if opts.cpu_keep_host_memory and opts.platform in {None, "cpu"}:
+    if opts.cpu_keep_host_memory and opts.platform in {None, "cpu", "auto"}:
         if not xla_bridge.backends_are_initialized():
             jax.config.update("jax_cpu_enable_async_dispatch", False)
 
@@ -89,12 +89,55 @@ def _pick(platform: str | None) -> jax.Device:
 def default_device() -> jax.Device:
     """The JAX device torchtpu runs programs on.
 
+    ``TORCHTPU_PLATFORM=auto`` leaves the choice to each ``torch.compile`` graph
+    (:mod:`torchtpu.capture.auto`); everything else runs on JAX's default device.
+
     Example::
 
         import torchtpu.runtime
         torchtpu.runtime.default_device().platform
     """
-    return _device_for(options().platform)
+    platform = options().platform
+    return _device_for(None if platform == "auto" else platform)
+
+
+def platforms_present() -> list[str]:
+    """The JAX platforms with a local device here, fastest kind first:
+    a subset of ``["tpu", "gpu", "cpu"]``.
+
+    Example::
+
+        from torchtpu.runtime.device import platforms_present
+        assert "cpu" in platforms_present()
+    """
+    present = []
+    for name in ("tpu", "gpu", "cpu"):
+        try:
+            if jax.local_devices(backend=name):
+                present.append(name)
+        except RuntimeError:  # no such backend in this JAX install, or no device
+            continue
+    return present
+
+
+@contextlib.contextmanager
+def platform_scope(platform: str) -> Iterator[None]:
+    """Run torchtpu's programs on ``platform`` inside this scope, whatever the
+    ``platform`` option says outside it (the ``auto`` choice runs each candidate so).
+
+    Example::
+
+        from torchtpu.runtime.device import platform_scope
+        with platform_scope("cpu"):
+            ...
+    """
+    opts = options()
+    saved = opts.platform
+    opts.platform = platform
+    try:
+        yield
+    finally:
+        opts.platform = saved
 
 
 def platform_name() -> str:
