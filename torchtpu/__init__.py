@@ -55,6 +55,11 @@ if _HAS_TORCH:
 
 from torchtpu import serving  # needs no torch
 
+if _HAS_TORCH:  # users' Triton kernels on tpu and CPU tensors, where triton is installed
+    from torchtpu.kernels.triton import install_if_available as _install_triton
+
+    _install_triton()
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -227,6 +227,8 @@ def _call(node: torch.fx.Node, env: dict[torch.fx.Node, Any], rng: RngStream) ->
     lowering = lookup(target)
     if lowering is None:
         raise NoLowering(node, missing_reason(target))
+    if lowering.node_meta:
+        kwargs = {**kwargs, "node_meta": meta_args(node)}
     try:
         out = apply(lowering, tuple(args), kwargs, rng)
     except LoweringUnsupported as exc:

@@ -54,6 +54,10 @@ class Lowering:
     # How the op lowers when it is not by a lowering of ours: "its own implementation"
     # for library ops traced through their Python kernel (torchtpu.lower.custom).
     via: str = ""
+    # The lowering also takes ``node_meta=``: the node's recorded arguments (FakeTensors,
+    # with the strides eager PyTorch would give them), for ops that address memory by
+    # strides (users' Triton kernels).
+    node_meta: bool = False
 
     @property
     def name(self) -> str:
@@ -107,6 +111,7 @@ def register(
     rng: bool = False,
     accumulate: bool = False,
     supports: Supports | None = None,
+    node_meta: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as the JAX lowering of each op overload in ``ops``."""
 
@@ -116,7 +121,9 @@ def register(
         for op in ops:
             _check_new(op, _REGISTRY, fn, "register")
             args = tuple(promote_args) if promote_args is not None else None
-            _REGISTRY[op] = Lowering(op, fn, promote, args, rng, accumulate, supports)
+            _REGISTRY[op] = Lowering(
+                op, fn, promote, args, rng, accumulate, supports, node_meta=node_meta
+            )
         return fn
 
     return decorate

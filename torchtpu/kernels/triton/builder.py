@@ -1,9 +1,19 @@
-"""A Triton IR builder whose values are JAX arrays (work in progress, issue 15).
+"""A Triton IR builder whose values are JAX arrays (issue 15).
 
 Triton's ``TritonSemantic`` (promotion, broadcasting, constexpr rules) calls a builder's
 ``create_*``/``get_*`` methods; this builder answers them with JAX (or NumPy, for values that
 do not depend on the program id) instead of MLIR. Pointers are ``Value``s whose data are
 element offsets into one flat buffer, named by ``buf``.
+
+Two modes. Vectorised (the default): all programs run at once under ``jax.vmap``; stores and
+atomics are recorded and applied after, as one scatter each, so a load from a buffer already
+stored to, or the use of an atomic's old value, raises ``NeedsSequential``. Sequential: programs
+run one after another (``fori_loop``), the buffers are this builder's state, and stores and
+atomics apply at once, in lane order. ``predicate`` is the condition of the traced ``if``
+branches being run (both sides run; each side's stores are masked by it).
+
+Every ``create_*``/``get_*`` method of Triton's interpreter builder is either implemented here
+or listed in ``UNSUPPORTED`` with the reason (tests/kernels/test_triton_lang.py checks this).
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import triton.language as tl
+
+from torchtpu.kernels.triton.errors import unsupported
 
 
 class NeedsSequential(Exception):
@@ -61,7 +73,11 @@ def np_dtype(tt: Any) -> Any:
     try:
         return _NP[tt.name]
     except KeyError:
-        raise NotImplementedError(f"Triton dtype {tt} has no JAX equivalent here") from None
+        raise unsupported(
+            f"the Triton dtype {tt}",
+            "has no JAX equivalent here",
+            "use fp16/bf16/fp32/fp64 or an integer type",
+        ) from None
 
 
 def _xp(*xs: Any) -> Any:
@@ -70,22 +86,51 @@ def _xp(*xs: Any) -> Any:
 
 @dataclasses.dataclass
 class Record:
-    kind: str  # "store", "add", "max", "min"
+    kind: str  # "store", "add", "max", "min", "umax", "umin"
     buf: int
     offsets: Any
     values: Any
     mask: Any
+    view: Any = None  # the element dtype the pointer sees, where it is not the buffer's
+
+
+def as_view(x: Any, dtype: Any) -> Any:
+    """``x``'s bits as ``dtype`` (same width; bool and int8 convert by value)."""
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    if x.dtype == np.bool_ or dtype == np.bool_:
+        return x.astype(dtype)
+    return jax.lax.bitcast_convert_type(x, dtype)
+
+
+def scatter(buf: Any, kind: str, off: Any, vals: Any, mask: Any, view: Any = None) -> Any:
+    """``buf`` with a record's values stored (or combined, for atomics) at its offsets, masked
+    lanes dropped; ``umax``/``umin`` compare the bits as unsigned."""
+    if kind in ("umax", "umin") and view is None:
+        view = _unsigned(buf.dtype)
+    target = buf if view is None else as_view(buf, view)
+    idx = jnp.where(mask, off, buf.shape[0]).reshape(-1)
+    at = target.at[idx]
+    apply = {"store": at.set, "add": at.add, "max": at.max, "min": at.min}
+    apply.update(umax=at.max, umin=at.min)
+    new = apply[kind](vals.reshape(-1).astype(target.dtype), mode="drop")
+    return new if view is None else as_view(new, buf.dtype)
 
 
 class JaxBuilder:
-    """State of one trace: the buffers (read-only in vectorised mode) and the stores made."""
+    """State of one trace: the buffers, the stores made (vectorised mode), and the predicate."""
 
-    def __init__(self, buffers: list[Any], grid: tuple[int, int, int]) -> None:
-        self.buffers = buffers
+    def __init__(
+        self, buffers: list[Any], grid: tuple[int, int, int], sequential: bool = False
+    ) -> None:
+        self.buffers = list(buffers)
         self.grid_dim = grid
+        self.sequential = sequential
         self.pid: tuple[Any, Any, Any] = (0, 0, 0)
         self.records: list[Record] = []
         self.written: set[int] = set()
+        self.predicate: Any = None
         self.options = _Options()
         self.codegen_fns = {"min_dot_size": lambda a, b: (1, 1, 1)}
 
@@ -97,20 +142,12 @@ class JaxBuilder:
         return tl.pointer_type(elt, space)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("get_") and name.endswith("_ty"):
-            key = {
-                "half": "fp16",
-                "bf16": "bf16",
-                "float": "fp32",
-                "double": "fp64",
-            }.get(name[4:-3], name[4:-3])
-            return lambda: tl.str_to_ty(key, None) if key[0] in "iu" else getattr(tl, _TY[key])
-        if name.startswith("get_") and name[4:] in _CONST:
-            ty = _CONST[name[4:]]
-            return lambda v: Value(np.asarray(v, np_dtype(ty)), ty)
-        raise AttributeError(
-            f"torchtpu's Triton translator does not support builder.{name} yet; see docs/triton.md"
-        )
+        if name.startswith("__"):
+            raise AttributeError(name)
+        why = UNSUPPORTED.get(name, "is not part of the subset torchtpu translates")
+        if name.startswith(("create_", "get_")):
+            raise unsupported(f"builder.{name}", why)
+        raise AttributeError(name)
 
     def get_null_value(self, ty: Any) -> Value:
         return Value(np.zeros((), np_dtype(ty)), ty)
@@ -133,11 +170,14 @@ class JaxBuilder:
         return self.create_masked_load(ptr, None, None, cache, volatile)
 
     def create_masked_load(self, ptr: Value, mask: Any, other: Any, cache: Any, vol: Any) -> Value:
-        if ptr.buf in self.written:
+        if ptr.buf in self.written and not self.sequential:
             raise NeedsSequential("a load from a buffer the kernel already stored to")
         buf = self.buffers[ptr.buf]
         off = jnp.asarray(ptr.data)
         got = jnp.take(buf, off, mode="clip")
+        view = self._view(ptr)
+        if view is not None:
+            got = as_view(got, view)
         dt = ptr.get_element_ty()
         if mask is not None:
             fill = jnp.zeros((), got.dtype) if other is None else jnp.asarray(other.data, got.dtype)
@@ -150,25 +190,101 @@ class JaxBuilder:
     def create_masked_store(self, ptr: Value, val: Value, mask: Any, cache: Any) -> None:
         self._record("store", ptr, val, mask)
 
-    def _record(self, kind: str, ptr: Value, val: Value, mask: Any) -> None:
+    def _lanes(self, ptr: Value, val: Value, mask: Any) -> tuple[Any, Any, Any]:
         off = jnp.asarray(ptr.data)
         vals = jnp.broadcast_to(jnp.asarray(val.data), off.shape)
         m = jnp.ones(off.shape, bool) if mask is None else jnp.broadcast_to(mask.data, off.shape)
-        self.records.append(Record(kind, ptr.buf, off, vals, m))
+        if self.predicate is not None:
+            m = m & self.predicate
+        return off, vals, m
+
+    def _view(self, ptr: Value) -> Any:
+        """The pointer's element dtype where it differs from its buffer's (``ptr.to(
+        tl.pointer_type(tl.int32), bitcast=True)``, bool tensors read as int8), else None."""
+        have = self.buffers[ptr.buf].dtype
+        want = np.dtype(np_dtype(ptr.get_element_ty()))
+        if want == have:
+            return None
+        if want.itemsize != have.itemsize:
+            raise unsupported(
+                "a pointer bitcast",
+                f"reads a {have} tensor as {want} elements (another width)",
+                "load the values and convert them (x.to(dtype, bitcast=True))",
+            )
+        return want
+
+    def _record(self, kind: str, ptr: Value, val: Value, mask: Any) -> None:
+        off, vals, m = self._lanes(ptr, val, mask)
+        view = self._view(ptr)
+        if self.sequential:
+            self.buffers[ptr.buf] = scatter(self.buffers[ptr.buf], kind, off, vals, m, view)
+        else:
+            self.records.append(Record(kind, ptr.buf, off, vals, m, view))
         self.written.add(ptr.buf)
 
     def create_atomic_rmw(self, op: Any, ptr: Value, val: Value, mask: Any, sem: Any, scope: Any):
         from triton._C.libtriton import ir
 
-        kinds = {ir.ATOMIC_OP.ADD: "add", ir.ATOMIC_OP.FADD: "add", ir.ATOMIC_OP.MAX: "max"}
-        kinds[ir.ATOMIC_OP.MIN] = "min"
-        if op not in kinds:
-            raise NotImplementedError(f"atomic {op} is not supported by the translator yet")
-        self._record(kinds[op], ptr, val, mask)
+        kind = _ATOMIC_KIND.get(str(op).rsplit(".", 1)[-1])
+        if kind is None:
+            raise unsupported(f"builder.create_atomic_rmw({op})", "is not supported")
+        if self.sequential:
+            return self._atomic_in_order(kind, ptr, val, mask, None)
+        if kind not in ("add", "max", "min", "umax", "umin", "xchg"):
+            raise NeedsSequential(f"atomic {kind}, which has no scatter form")
+        del ir
+        self._record("store" if kind == "xchg" else kind, ptr, val, mask)
         return Value(_Unused("the result of an atomic"), val.dtype)
 
+    def create_atomic_cas(self, ptr: Value, cmp: Value, val: Value, sem: Any, scope: Any) -> Value:
+        if not self.sequential:
+            raise NeedsSequential("atomic_cas, whose result orders the programs")
+        return self._atomic_in_order("cas", ptr, val, None, cmp)
+
+    def _atomic_in_order(self, kind: str, ptr: Value, val: Value, mask: Any, cmp: Any) -> Value:
+        """One lane after another (the order of the block's elements): the old values are
+        exact even where lanes share an address."""
+        off, vals, m = self._lanes(ptr, val, mask)
+        shape = off.shape
+        stored = self.buffers[ptr.buf]
+        view = self._view(ptr)
+        if kind in ("umax", "umin"):  # compare the bits as unsigned
+            view, kind = _unsigned(stored.dtype), kind[1:]
+        buf0 = stored if view is None else as_view(stored, view)
+        size = buf0.shape[0]
+        off, m = off.reshape(-1), m.reshape(-1)
+        vals = vals.reshape(-1).astype(buf0.dtype)  # same width: int <-> uint keeps the bits
+        cmps = None if cmp is None else jnp.broadcast_to(jnp.asarray(cmp.data), shape).reshape(-1)
+
+        def lane(i: Any, carry: Any) -> Any:
+            buf, olds = carry
+            o = jnp.clip(off[i], 0, size - 1)
+            old, v = buf[o], vals[i]
+            if kind == "cas":
+                new = jnp.where(old == cmps[i].astype(old.dtype), v, old)
+            else:
+                new = _RMW[kind](old, v)
+            ok = m[i] & (off[i] >= 0) & (off[i] < size)
+            buf = buf.at[jnp.where(ok, o, size)].set(new, mode="drop")
+            return buf, olds.at[i].set(old)
+
+        buf, olds = jax.lax.fori_loop(0, off.shape[0], lane, (buf0, jnp.zeros_like(vals)))
+        self.buffers[ptr.buf] = buf if view is None else as_view(buf, stored.dtype)
+        self.written.add(ptr.buf)
+        olds = olds.reshape(shape).astype(np_dtype(val.dtype))
+        return Value(olds, val.dtype)
+
     def create_barrier(self) -> None:
+        """``tl.debug_barrier``: nothing to do. A program's block is one JAX value (no threads
+        inside a program to order), and other programs' stores are seen only in sequential
+        mode, where programs already run one after another."""
         return None
+
+    def create_assume(self, cond: Value) -> None:
+        return None  # an optimisation hint (tl.assume), true by the user's promise
+
+    def create_print(self, prefix: str, hex: bool, values: list[Value], signed: Any) -> None:
+        jax.debug.print(prefix + " {}" * len(values), *[jnp.asarray(v.data) for v in values])
 
     # casts
     def _cast(self, src: Value, dst: Any, *rest: Any) -> Value:
@@ -179,13 +295,18 @@ class JaxBuilder:
     create_fp_ext = create_fp_trunc = create_int_cast = create_fp_to_fp = _cast
 
     def create_bitcast(self, src: Value, dst: Any) -> Value:
+        if dst.scalar.is_ptr():  # the same offsets, read as another element type (_view)
+            return Value(src.data, dst.scalar, src.buf)
+        if isinstance(src.data, np.ndarray | np.generic):
+            return Value(np.asarray(src.data).view(np_dtype(dst)), dst.scalar)
         return Value(jax.lax.bitcast_convert_type(jnp.asarray(src.data), np_dtype(dst)), dst.scalar)
 
     # arithmetic
     def _bin(self, fn: Any) -> Any:
         def op(lhs: Value, rhs: Value) -> Value:
             xp = _xp(lhs.data, rhs.data)
-            out = getattr(xp, fn)(lhs.data, rhs.data)
+            with np.errstate(over="ignore"):  # integers wrap, as on the device
+                out = getattr(xp, fn)(lhs.data, rhs.data)
             dt = lhs.dtype.scalar
             if fn in _COMPARE:
                 dt = tl.int1
@@ -193,34 +314,82 @@ class JaxBuilder:
 
         return op
 
+    def create_fdiv(self, lhs: Value, rhs: Value) -> Value:
+        """IEEE division. XLA rewrites ``x / broadcast(d)`` as ``x * (1 / d)``, off by an ulp;
+        on the CPU the quotient is taken in float64 (correctly rounded back for fp32 and
+        narrower), so kernels match Triton's interpreter bit for bit there."""
+        xp = _xp(lhs.data, rhs.data)
+        dt = np_dtype(lhs.dtype)
+        if xp is np or np.dtype(dt).itemsize > 4 or jax.default_backend() != "cpu":
+            return self._bin("true_divide")(lhs, rhs)
+        wide = jnp.asarray(lhs.data).astype(jnp.float64) / jnp.asarray(rhs.data, jnp.float64)
+        return Value(wide.astype(dt), lhs.dtype.scalar)
+
+    create_precise_divf = create_fdiv
+
     def create_addptr(self, ptr: Value, offset: Value) -> Value:
         xp = _xp(ptr.data, offset.data)
         return Value(xp.add(ptr.data, offset.data), ptr.dtype, ptr.buf)
 
     def create_idiv(self, lhs: Value, rhs: Value) -> Value:
+        """Integer division truncating toward zero (C's, not Python's floor)."""
         xp = _xp(lhs.data, rhs.data)
-        q = xp.fix(xp.true_divide(lhs.data, rhs.data)) if xp is np else None
-        if q is None:
-            q = jax.lax.div(
-                jnp.asarray(lhs.data), jnp.asarray(rhs.data, jnp.asarray(lhs.data).dtype)
-            )
+        if xp is np:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                q = (lhs.data - np.fmod(lhs.data, rhs.data)) // rhs.data
+        else:
+            a = jnp.asarray(lhs.data)
+            q = jax.lax.div(a, jnp.asarray(rhs.data, a.dtype))
         return Value(xp.asarray(q).astype(np_dtype(lhs.dtype)), lhs.dtype.scalar)
 
     def create_srem(self, lhs: Value, rhs: Value) -> Value:
         xp = _xp(lhs.data, rhs.data)
-        return Value(xp.fmod(lhs.data, rhs.data), lhs.dtype.scalar)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return Value(xp.fmod(lhs.data, rhs.data), lhs.dtype.scalar)
 
     create_urem = create_frem = create_srem
     create_sdiv = create_udiv = create_idiv
 
+    def create_lshr(self, lhs: Value, rhs: Value) -> Value:
+        """A logical shift: the bits of a signed value shift in zeros."""
+        return self._shift(lhs, rhs, unsigned=True)
+
+    def create_ashr(self, lhs: Value, rhs: Value) -> Value:
+        return self._shift(lhs, rhs, unsigned=False)
+
+    def _shift(self, lhs: Value, rhs: Value, unsigned: bool) -> Value:
+        dt = np.dtype(np_dtype(lhs.dtype))
+        view = np.dtype(f"{'u' if unsigned else ''}int{dt.itemsize * 8}")
+        if _xp(lhs.data, rhs.data) is np:
+            a = np.asarray(lhs.data).view(view)
+            out = (a >> np.asarray(rhs.data).astype(view)).view(dt)
+        else:
+            a = jax.lax.bitcast_convert_type(jnp.asarray(lhs.data), view)
+            out = jax.lax.bitcast_convert_type(a >> jnp.asarray(rhs.data).astype(view), dt)
+        return Value(out, lhs.dtype.scalar)
+
     def create_select(self, cond: Value, a: Value, b: Value) -> Value:
         xp = _xp(cond.data, a.data, b.data)
         if a.buf != b.buf:
-            raise NotImplementedError("tl.where between pointers into different tensors")
+            raise unsupported(
+                "tl.where between pointers into different tensors",
+                "cannot be expressed (a pointer here is one buffer's offsets)",
+                "select offsets into one tensor, or branch on the condition",
+            )
         return Value(xp.where(cond.data, a.data, b.data), b.dtype.scalar, a.buf)
 
     def create_fma(self, x: Value, y: Value, z: Value) -> Value:
         return Value(x.data * y.data + z.data, z.dtype.scalar)
+
+    def create_clampf(self, x: Value, lo: Value, hi: Value, propagate_nans: Any) -> Value:
+        from triton._C.libtriton import ir
+
+        xp = _xp(x.data, lo.data, hi.data)
+        if propagate_nans == ir.PROPAGATE_NAN.NONE:
+            out = xp.fmin(xp.fmax(x.data, lo.data), hi.data)
+        else:
+            out = xp.clip(x.data, lo.data, hi.data)
+        return Value(out, x.dtype.scalar)
 
     def _un(self, fn: Any) -> Any:
         def op(arg: Value) -> Value:
@@ -235,10 +404,28 @@ class JaxBuilder:
         return Value(jax.scipy.special.erf(jnp.asarray(arg.data)), arg.dtype.scalar)
 
     def create_umulhi(self, lhs: Value, rhs: Value) -> Value:
-        a = jnp.asarray(lhs.data).astype(jnp.uint32).astype(jnp.uint64)
-        b = jnp.asarray(rhs.data).astype(jnp.uint32).astype(jnp.uint64)
-        hi = ((a * b) >> 32).astype(jnp.uint32)
-        return Value(hi.astype(np_dtype(lhs.dtype)), lhs.dtype.scalar)
+        """The high half of the unsigned product (Philox's ``tl.umulhi``), at 32 or 64 bits."""
+        dt = np.dtype(np_dtype(lhs.dtype))
+        bits = dt.itemsize * 8
+        u = np.dtype(f"uint{bits}")
+        xp = _xp(lhs.data, rhs.data)
+        cast = (
+            (lambda x: np.asarray(x).view(u))
+            if xp is np
+            else (lambda x: jax.lax.bitcast_convert_type(jnp.asarray(x), u))
+        )
+        a, b = cast(lhs.data), cast(rhs.data)
+        with np.errstate(over="ignore"):
+            if bits == 32:
+                hi = ((a.astype(np.uint64) * b.astype(np.uint64)) >> 32).astype(np.uint32)
+            else:  # 64 x 64 -> high 64 from 32-bit halves
+                m = np.uint64(0xFFFFFFFF)
+                a_lo, a_hi, b_lo, b_hi = a & m, a >> 32, b & m, b >> 32
+                mid1 = a_hi * b_lo + ((a_lo * b_lo) >> 32)
+                mid2 = a_lo * b_hi + (mid1 & m)
+                hi = a_hi * b_hi + (mid1 >> 32) + (mid2 >> 32)
+        back = hi.view(dt) if xp is np else jax.lax.bitcast_convert_type(hi, dt)
+        return Value(back, lhs.dtype.scalar)
 
     # shapes
     def create_make_range(self, ty: Any, start: int, stop: int) -> Value:
@@ -247,6 +434,9 @@ class JaxBuilder:
     def create_splat(self, ty: Any, arg: Value) -> Value:
         xp = _xp(arg.data)
         return Value(xp.broadcast_to(arg.data, ty.shape), arg.dtype.scalar, arg.buf)
+
+    def create_unsplat(self, arg: Value) -> Value:
+        return Value(_xp(arg.data).reshape(arg.data, ()), arg.dtype.scalar, arg.buf)
 
     def create_broadcast(self, arg: Value, shape: Any) -> Value:
         xp = _xp(arg.data)
@@ -261,6 +451,29 @@ class JaxBuilder:
     def create_trans(self, arg: Value, perm: Any) -> Value:
         return Value(_xp(arg.data).transpose(arg.data, perm), arg.dtype.scalar, arg.buf)
 
+    def create_cat(self, lhs: Value, rhs: Value) -> Value:
+        xp = _xp(lhs.data, rhs.data)
+        return Value(xp.concatenate([lhs.data, rhs.data], 0), lhs.dtype.scalar, lhs.buf)
+
+    def create_join(self, lhs: Value, rhs: Value) -> Value:
+        xp = _xp(lhs.data, rhs.data)
+        return Value(xp.stack([lhs.data, rhs.data], -1), lhs.dtype.scalar, lhs.buf)
+
+    def create_split(self, val: Value) -> tuple[Value, Value]:
+        return tuple(Value(val.data[..., i], val.dtype.scalar, val.buf) for i in (0, 1))
+
+    def create_gather(self, src: Value, index: Value, axis: int) -> Value:
+        got = jnp.take_along_axis(jnp.asarray(src.data), jnp.asarray(index.data), axis, mode="clip")
+        return Value(got, src.dtype.scalar)
+
+    def create_histogram(self, data: Value, bins: int, mask: Any) -> Value:
+        x = jnp.asarray(data.data).reshape(-1)
+        ok = (x >= 0) & (x < bins)
+        if mask is not None:
+            ok = ok & jnp.broadcast_to(jnp.asarray(mask.data), data.data.shape).reshape(-1)
+        counts = jnp.zeros(bins, jnp.int32).at[jnp.where(ok, x, bins)].add(1, mode="drop")
+        return Value(counts, tl.int32)
+
     def create_dot(self, a: Value, b: Value, d: Value, precision: Any, imprecise: Any) -> Value:
         acc = jnp.asarray(d.data)
         out = jnp.matmul(jnp.asarray(a.data), jnp.asarray(b.data), preferred_element_type=acc.dtype)
@@ -274,7 +487,7 @@ class _Options:
     supported_fp8_dtypes = ()
     deprecated_fp8_dot_operand_dtypes = ()
     sanitize_overflow = False
-    debug = False
+    debug = False  # tl.device_assert emits nothing, as in Triton without TRITON_DEBUG
 
 
 class _Unused:
@@ -285,7 +498,61 @@ class _Unused:
         raise NeedsSequential(f"the kernel uses {self.what}")
 
 
-_TY = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}
+def _unsigned(dtype: Any) -> Any:
+    """The unsigned dtype of ``dtype``'s width, to compare bit patterns as unsigned."""
+    return np.dtype(f"uint{np.dtype(dtype).itemsize * 8}")
+
+
+_ATOMIC_KIND = {
+    "ADD": "add",
+    "FADD": "add",
+    "MAX": "max",
+    "MIN": "min",
+    "UMAX": "umax",
+    "UMIN": "umin",
+    "AND": "and",
+    "OR": "or",
+    "XOR": "xor",
+    "XCHG": "xchg",
+}
+_RMW = {
+    "add": lambda old, v: old + v,
+    "max": jnp.maximum,
+    "min": jnp.minimum,
+    "and": jnp.bitwise_and,
+    "or": jnp.bitwise_or,
+    "xor": jnp.bitwise_xor,
+    "xchg": lambda old, v: v,
+}
+
+# Triton's interpreter builder methods this builder does not implement, and why. A method in
+# neither this table nor JaxBuilder fails tests/kernels/test_triton_lang.py (a Triton upgrade).
+UNSUPPORTED = {
+    "create_int_to_ptr": "pointers are (tensor, offsets) pairs here, not integers",
+    "create_ptr_to_int": "pointers are (tensor, offsets) pairs here, not integers",
+    "create_extern_elementwise": "calls into libdevice/extern libraries have no JAX equivalent",
+    "create_inline_asm": "inline PTX/GCN assembly has no JAX equivalent",
+    "create_assert": "device asserts are compiled out (options.debug is False, as in Triton "
+    "without TRITON_DEBUG)",
+    "create_atomic_load": "memory-ordered loads for spinning between programs: programs here "
+    "never run concurrently",
+    "create_atomic_store": "memory-ordered stores for signalling between programs: programs "
+    "here never run concurrently",
+    "create_atomic_poll": "polling another program's store: programs here never run concurrently",
+    "create_make_tensor_descriptor": "TMA tensor descriptors are a Hopper/Blackwell memory "
+    "unit; use pointer arithmetic",
+    "create_descriptor_load": "TMA tensor descriptors: use pointer arithmetic",
+    "create_descriptor_store": "TMA tensor descriptors: use pointer arithmetic",
+    "create_descriptor_gather": "TMA tensor descriptors: use pointer arithmetic",
+    "create_descriptor_scatter": "TMA tensor descriptors: use pointer arithmetic",
+    "create_dot_scaled": "microscaled (mxfp) dots need fp8/fp4 types JAX lacks here",
+    "get_fp8e4nv_ty": "fp8 types are not translated",
+    "get_fp8e4b15_ty": "fp8 types are not translated",
+    "get_fp8e4b8_ty": "fp8 types are not translated",
+    "get_fp8e5_ty": "fp8 types are not translated",
+    "get_fp8e5b16_ty": "fp8 types are not translated",
+}
+
 _CONST = {
     "int1": tl.int1,
     "int8": tl.int8,
@@ -301,19 +568,29 @@ _CONST = {
     "fp32": tl.float32,
     "fp64": tl.float64,
 }
+_TYPE_GETTERS = {"half": tl.float16, "bf16": tl.bfloat16, "float": tl.float32}
+_TYPE_GETTERS["double"] = tl.float64
+for _n, _t in _CONST.items():
+    if _n[0] in "iu":
+        _TYPE_GETTERS[_n] = _t
+    setattr(JaxBuilder, f"get_{_n}", lambda self, v, _t=_t: Value(np.asarray(v, np_dtype(_t)), _t))
+for _n, _t in _TYPE_GETTERS.items():
+    setattr(JaxBuilder, f"get_{_n}_ty", lambda self, _t=_t: _t)
+
 _COMPARE = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal"}
 _BINARY = {
     "add": "add fadd",
     "subtract": "sub fsub",
     "multiply": "mul fmul",
-    "true_divide": "fdiv precise_divf approx_divf",
-    "minimum": "minsi minui minimumf minnumf",
-    "maximum": "maxsi maxui maximumf maxnumf",
+    "true_divide": "approx_divf",
+    "minimum": "minsi minui minimumf",
+    "maximum": "maxsi maxui maximumf",
+    "fmin": "minnumf",  # tl.minimum's default propagate_nan=NONE: a NaN loses
+    "fmax": "maxnumf",
     "bitwise_and": "and",
     "bitwise_or": "or",
     "bitwise_xor": "xor",
     "left_shift": "shl",
-    "right_shift": "lshr ashr",
     "less": "icmpSLT icmpULT fcmpOLT fcmpULT",
     "less_equal": "icmpSLE icmpULE fcmpOLE fcmpULE",
     "greater": "icmpSGT icmpUGT fcmpOGT fcmpUGT",

@@ -8,10 +8,9 @@ runs once, under ``jax.vmap`` over every program id, with Triton's own semantic 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
-from collections.abc import Iterator
+import logging
 from typing import Any
 
 import jax
@@ -21,7 +20,15 @@ import triton.language as tl
 from triton.language.semantic import TritonSemantic
 from triton.runtime.jit import JITFunction
 
-from torchtpu.kernels.triton.builder import JaxBuilder, NeedsSequential, Value, np_dtype
+from torchtpu.kernels.triton.builder import (
+    JaxBuilder,
+    NeedsSequential,
+    Value,
+    np_dtype,
+    scatter,
+)
+from torchtpu.kernels.triton.control import transform
+from torchtpu.kernels.triton.lang import patched_lang
 
 
 @dataclasses.dataclass
@@ -31,140 +38,142 @@ class Buffer:
     dtype: Any  # triton element dtype
 
 
-_SEMANTIC: list[TritonSemantic] = []
+log = logging.getLogger("torchtpu")
 
 
-@contextlib.contextmanager
-def _patched_lang(semantic: TritonSemantic) -> Iterator[None]:
-    """tl's builtins take ``_semantic=``: give them ours, and restore them after."""
-    saved: list[tuple[Any, str, Any]] = []
-
-    def put(obj: Any, name: str, value: Any) -> None:
-        saved.append((obj, name, obj.__dict__.get(name, _MISSING)))
-        setattr(obj, name, value)
-
-    def wrap(member: Any) -> Any:
-        def call(*a: Any, **k: Any) -> Any:
-            k.pop("_semantic", None)
-            return member(*a, **k, _semantic=semantic)
-
-        return call
-
-    for owner in (tl, tl.core, tl.math, tl.tensor):
-        for name, member in list(vars(owner).items()):
-            if tl.core.is_builtin(member):
-                put(owner, name, wrap(member))
-    put(tl, "reduce", _reduce)
-    put(tl.core, "reduce", _reduce)
-    put(tl, "range", _range)
-    put(tl, "static_range", _range)
-    put(JITFunction, "__call__", lambda self, *a, **k: self.fn(*a, **k))  # @jit helpers
-    put(tl.dtype, "to_ir", lambda self, builder: self)  # scalar types are their own IR type
-    put(tl.tensor, "__bool__", _bool)
-    put(tl.tensor, "__index__", _index)
-    _SEMANTIC.append(semantic)
-    try:
-        yield
-    finally:
-        _SEMANTIC.pop()
-        for obj, name, old in reversed(saved):
-            if old is _MISSING:
-                delattr(obj, name)
-            else:
-                setattr(obj, name, old)
-
-
-_MISSING = object()
-
-
-def _range(a: Any, b: Any = None, step: Any = None, **_: Any) -> range:
-    start, stop = (0, a) if b is None else (a, b)
-    return range(int(start), int(stop), 1 if step is None else int(step))
-
-
-def _concrete(t: Any, what: str) -> Any:
-    data = t.handle.data
-    if isinstance(data, jax.core.Tracer):
-        raise NotImplementedError(
-            f"{what} of a value that depends on the program id: data-dependent control flow "
-            "is not supported by torchtpu's Triton translator yet"
-        )
-    return np.asarray(data)
-
-
-def _bool(self: Any) -> bool:
-    return bool(_concrete(self, "a Python branch on").all())
-
-
-def _index(self: Any) -> int:
-    return int(_concrete(self, "a Python int").reshape(()))
-
-
-def _reduce(input: Any, axis: Any, combine_fn: Any, keep_dims: bool = False, **_: Any) -> Any:
-    std = tl.standard
-    ops = [(std._sum_combine, jnp.sum), (std._elementwise_max, jnp.max)]
-    ops.append((std._elementwise_min, jnp.min))  # compared by identity: JITFunctions hash slowly
-    reducer = next((r for f, r in ops if f is combine_fn), None)
-    if isinstance(input, tuple) or reducer is None:
-        raise NotImplementedError(
-            f"tl.reduce with the combine function {getattr(combine_fn, '__name__', combine_fn)}"
-        )
-    data = jnp.asarray(input.handle.data)
-    out = reducer(data, axis=axis, keepdims=keep_dims)
-    dt = input.dtype
-    if not out.shape:
-        return tl.tensor(Value(out, dt), dt)
-    return tl.tensor(Value(out, dt), tl.block_type(dt, list(out.shape)))
+def _scalar_arg(value: Any) -> Any:
+    """A Python number argument as Triton types it (ints by range, floats as fp32)."""
+    if isinstance(value, float):
+        ty = tl.float32
+    elif -(2**31) <= value < 2**31:
+        ty = tl.int32
+    elif value < 2**63:
+        ty = tl.int64
+    else:
+        ty = tl.uint64
+    return tl.tensor(Value(np.asarray(value, np_dtype(ty)), ty), ty)
 
 
 def run(fn: Any, grid: tuple[int, ...], args: dict[str, Any]) -> dict[str, Any]:
-    """New flat contents of every buffer the kernel stored to, by parameter name."""
-    grid3 = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
-    names = [n for n, v in args.items() if isinstance(v, Buffer)]
-    buffers = [args[n].data for n in names]
-    meta: dict[str, Any] = {}
+    """New flat contents of every buffer the kernel stored to, by parameter name.
 
-    def program(pid: Any) -> list[tuple[Any, Any, Any]]:
-        builder = JaxBuilder(buffers, grid3)
-        ny, nz = grid3[1], grid3[2]
-        builder.pid = (pid // (ny * nz), (pid // nz) % ny, pid % nz)
+    All programs run at once under ``jax.vmap``; a kernel that reads what it stored, or uses
+    an atomic's old value, runs its programs one after another instead (logged at info level).
+    The traced program is cached by kernel, grid, scalar arguments and buffer layouts.
+
+    Example::
+
+        out = run(add_kernel, (4,), {"x_ptr": Buffer(x, 0, tl.float32), ..., "BLOCK": 128})
+    """
+    grid3 = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+    key = _plan_key(fn, grid3, args)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _Plan(fn, grid3, args)
+        if key is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[key] = plan
+    return plan(tuple(args[name].data for name in plan.names))
+
+
+_PLANS: dict[Any, _Plan] = {}
+_MAX_PLANS = 256
+
+
+def _plan_key(fn: Any, grid3: tuple[int, ...], args: dict[str, Any]) -> Any:
+    parts: list[Any] = [id(fn), grid3]
+    for name, value in args.items():
+        if isinstance(value, Buffer):
+            data = value.data
+            parts.append((name, tuple(data.shape), str(data.dtype), value.offset, str(value.dtype)))
+        else:
+            parts.append((name, type(value).__name__, value))
+    key = tuple(parts)
+    try:
+        hash(key)
+    except TypeError:
+        return None  # an unhashable argument: trace afresh
+    return key
+
+
+class _Plan:
+    """One kernel traced for one grid, scalar arguments and buffer layouts: vectorised under
+    ``jax.vmap`` if it can be, else sequential (decided by the first trace)."""
+
+    def __init__(self, fn: Any, grid3: tuple[int, ...], args: dict[str, Any]) -> None:
+        self.fn, self.grid3 = fn, grid3
+        self.names = [n for n, v in args.items() if isinstance(v, Buffer)]
+        self.args = {n: v if not isinstance(v, Buffer) else Buffer(None, v.offset, v.dtype)
+                     for n, v in args.items()}  # fmt: skip
+        self.body = transform(fn.fn)
+        self.constexprs = _constexprs(fn)
+        self.n = grid3[0] * grid3[1] * grid3[2]
+        self.written: set[int] = set()
+        self.records: list[tuple[str, int]] = []
+        self.vectorised_jit = jax.jit(self.vectorised)
+        self.sequential_jit: Any = None
+
+    def __call__(self, start: tuple[Any, ...]) -> dict[str, Any]:
+        with jax.enable_x64(True):  # int64 offsets and uint64 seeds keep their width
+            if self.sequential_jit is None:
+                try:
+                    final = self.vectorised_jit(start)
+                    return {self.names[b]: final[b] for b in sorted(self.written)}
+                except NeedsSequential as exc:
+                    log.info(
+                        "Triton kernel %s: %s; running its %d programs one after another",
+                        self.fn.__name__,
+                        exc,
+                        self.n,
+                    )
+                    self.sequential_jit = jax.jit(self.sequential)
+            final = self.sequential_jit(start)
+        return {self.names[b]: final[b] for b in sorted(self.written)}
+
+    def call_args(self) -> dict[str, Any]:
         call: dict[str, Any] = {}
-        for name, value in args.items():
+        for name, value in self.args.items():
             if isinstance(value, Buffer):
                 ty = tl.pointer_type(value.dtype)
-                handle = Value(np.int32(value.offset), ty, names.index(name))
-                call[name] = tl.tensor(handle, ty)
+                buf = self.names.index(name)
+                call[name] = tl.tensor(Value(np.int32(value.offset), ty, buf), ty)
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 call[name] = value
-            elif name in meta.setdefault("constexprs", _constexprs(fn)):
+            elif name in self.constexprs:
                 call[name] = value
             else:
-                ty = tl.int32 if isinstance(value, int) else tl.float32
-                call[name] = tl.tensor(Value(np.asarray(value, np_dtype(ty)), ty), ty)
-        with _patched_lang(TritonSemantic(builder)):
-            fn.fn(**call)
-        meta["records"] = [(r.kind, r.buf) for r in builder.records]
-        return [(r.offsets, r.values, r.mask) for r in builder.records]
+                call[name] = _scalar_arg(value)
+        return call
 
-    n = grid3[0] * grid3[1] * grid3[2]
-    try:
-        stacked = jax.vmap(program)(jnp.arange(n, dtype=jnp.int32))
-    except NeedsSequential as exc:
-        raise NotImplementedError(
-            f"Triton kernel {fn.__name__}: {exc}; such kernels need the sequential mode, "
-            "which torchtpu's translator does not have yet"
-        ) from exc
-    out = list(buffers)
-    for (kind, b), (off, vals, mask) in zip(meta["records"], stacked, strict=True):
-        size = out[b].shape[0]
-        idx = jnp.where(mask, off, size).reshape(-1)
-        vals = vals.reshape(-1).astype(out[b].dtype)
-        at = out[b].at[idx]
-        out[b] = {"store": at.set, "add": at.add, "max": at.max, "min": at.min}[kind](
-            vals, mode="drop"
-        )
-    stored = {b for _, b in meta["records"]}
-    return {names[b]: out[b] for b in stored}
+    def trace(self, builder: JaxBuilder, pid: Any) -> None:
+        ny, nz = self.grid3[1], self.grid3[2]
+        builder.pid = (pid // (ny * nz), (pid // nz) % ny, pid % nz)
+        with patched_lang(TritonSemantic(builder)):
+            self.body(**self.call_args())
+
+    def vectorised(self, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
+        def program(pid: Any) -> list[tuple[Any, Any, Any]]:
+            builder = JaxBuilder(list(buffers), self.grid3)
+            self.trace(builder, pid)
+            self.records = [(r.kind, r.buf, r.view) for r in builder.records]
+            return [(r.offsets, r.values, r.mask) for r in builder.records]
+
+        stacked = jax.vmap(program)(jnp.arange(self.n, dtype=jnp.int32))
+        out = list(buffers)
+        for (kind, b, view), (off, vals, mask) in zip(self.records, stacked, strict=True):
+            out[b] = scatter(out[b], kind, off, vals, mask, view)
+        self.written = {b for _, b, _ in self.records}
+        return tuple(out)
+
+    def sequential(self, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
+        def in_order(pid: Any, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
+            builder = JaxBuilder(list(buffers), self.grid3, sequential=True)
+            self.trace(builder, pid)
+            self.written = set(builder.written)
+            return tuple(builder.buffers)
+
+        return jax.lax.fori_loop(0, self.n, in_order, buffers)
 
 
 def _constexprs(fn: Any) -> set[str]:
@@ -316,44 +325,72 @@ _JAX_TL = {
 
 
 def _functional_supports(**hop: Any) -> bool | str:
-    """Compiled graphs hand the lowering values, not layouts: take contiguous tensors only,
-    so the kernel's stride arguments agree with the buffers (others fall back, counted)."""
-    import torch
+    """Whether the lowering takes a compiled launch (``hop`` holds FakeTensors): one plain
+    ``@triton.jit`` kernel (an autotuned one as its chosen config, see ``ops.normalize``),
+    one grid, no TMA descriptors, and a kernel the translator can express, found by
+    translating it abstractly now, so a construct it cannot is a reason to fall back
+    (listed by ``torchtpu.examine``, an ``UnsupportedOpError`` in strict mode)."""
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
-    for name, value in hop["kwargs"].items():
-        if isinstance(value, torch.Tensor) and not value.is_contiguous():
-            return (
-                f"argument {name} {tuple(value.shape)} {value.dtype} is not contiguous "
-                f"(strides {tuple(value.stride())}); call .contiguous() before the launch"
-            )
+    from torchtpu.errors import TorchTPUError
+    from torchtpu.kernels.triton import ops
+
+    hop.pop("node_meta", None)
+    hop = ops.normalize(hop)
     if len(hop["grid"]) != 1 or hop.get("tma_descriptor_metadata"):
         return "an autotuned launch with several grids, or a TMA descriptor"
     if not isinstance(kernel_side_table.get_kernel(hop["kernel_idx"]), JITFunction):
-        return "an autotuned or heuristic kernel inside a compiled graph"
+        return "a @triton.heuristics kernel Dynamo did not fold into the launch"
+    try:
+        ops.stored_arguments(hop, tuple(hop["grid"][0]))
+    except (TorchTPUError, NotImplementedError) as exc:
+        return str(exc)
     return True
 
 
-def _functional(**hop: Any) -> dict[str, Any]:
+def _functional(*, node_meta: tuple[tuple, dict], **hop: Any) -> dict[str, Any]:
+    """A compiled launch: each tensor's value laid out into a buffer by the strides eager
+    PyTorch gives it (``node_meta``'s FakeTensors), since the kernel's stride arguments
+    were taken from them, then the translated kernel, then the stored buffers read back
+    through the same layout."""
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
+    from torchtpu.kernels.triton import ops
+
+    fakes = node_meta[1]["kwargs"]
+    hop = ops.normalize(hop)
     fn = kernel_side_table.get_kernel(hop["kernel_idx"])
     consts = kernel_side_table.get_constant_args(hop["constant_args_idx"])
-    params = list(inspect.signature(fn.fn).parameters)
     values: dict[str, Any] = {}
-    shapes: dict[str, Any] = {}
-    for name in params:
+    layouts: dict[str, Any] = {}
+    for name in inspect.signature(fn.fn).parameters:
         if name in hop["kwargs"]:
             array = jnp.asarray(hop["kwargs"][name])
-            values[name] = Buffer(array.reshape(-1), 0, _JAX_TL[str(array.dtype)])
-            shapes[name] = array.shape
+            flat, idx = _laid_out(array, fakes[name])
+            values[name] = Buffer(flat, 0, _JAX_TL[str(array.dtype)])
+            layouts[name] = (array.shape, idx)
         elif name in consts:
             values[name] = consts[name]
     stored = run(fn, tuple(hop["grid"][0]), values)
-    return {
-        name: stored[name].reshape(shapes[name]) if name in stored else hop["kwargs"][name]
-        for name in hop["tensors_to_clone"]
-    }
+    out = {}
+    for name in hop["tensors_to_clone"]:
+        if name not in stored:
+            out[name] = hop["kwargs"][name]
+            continue
+        shape, idx = layouts[name]
+        data = stored[name] if idx is None else stored[name][idx]
+        out[name] = data.reshape(shape)
+    return out
+
+
+def _laid_out(array: Any, fake: Any) -> tuple[Any, Any]:
+    """``array``'s values as a flat buffer laid out by ``fake``'s strides (offsets from its
+    first element), and the offsets to read them back (``None`` when contiguous)."""
+    if fake.is_contiguous():
+        return array.reshape(-1), None
+    idx = _strided_offsets(tuple(fake.shape), tuple(int(s) for s in fake.stride()))
+    size = int(idx.max()) + 1 if idx.size else 0
+    return jnp.zeros(size, array.dtype).at[idx].set(array.reshape(-1)), idx
 
 
 def register_lowering() -> None:
@@ -365,4 +402,4 @@ def register_lowering() -> None:
 
     op = torch.ops.higher_order.triton_kernel_wrapper_functional
     if lookup(op) is None:
-        register(op, supports=_functional_supports)(_functional)
+        register(op, supports=_functional_supports, node_meta=True)(_functional)
