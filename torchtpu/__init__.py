@@ -49,7 +49,7 @@ if _HAS_TORCH:
     from torchtpu.examine import examine
     from torchtpu.metrics import metrics, report, reset_metrics
     from torchtpu.monitor import profile
-    from torchtpu.shard import FSDP, DataParallel, Strategy, TensorParallel
+    from torchtpu.shard import FSDP, DataParallel, ExpertParallel, Strategy, TensorParallel
     from torchtpu.stages import Stages, stages
     from torchtpu.train import CompiledStep, compile_step
 
@@ -75,6 +75,7 @@ __all__ = [
     "profile",
     "shard",
     "DataParallel",
+    "ExpertParallel",
     "FSDP",
     "Strategy",
     "TensorParallel",

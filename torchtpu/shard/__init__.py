@@ -5,7 +5,9 @@ step SPMD over many devices (``compile_step(step, strategy=s)``).
 - :mod:`~torchtpu.shard.rules`: rules as data, parameter-name pattern -> spec,
   with the Megatron sets for Llama- and GPT-2-style blocks.
 - :mod:`~torchtpu.shard.strategy`: :class:`Strategy` and the ready-made
-  :class:`DataParallel`, :class:`FSDP`, :class:`TensorParallel`.
+  :class:`DataParallel`, :class:`FSDP`, :class:`TensorParallel`, :class:`ExpertParallel`.
+- :mod:`~torchtpu.shard.expert`: expert parallelism's grouped matmuls, a
+  ``shard_map`` with all-to-all dispatch and combine.
 - :mod:`~torchtpu.shard.init`: a model built on ``meta`` materialised straight
   into its shards.
 - :mod:`~torchtpu.shard.describe` and :mod:`~torchtpu.shard.hlo`: each
@@ -23,7 +25,14 @@ from torchtpu.shard.init import materialize, meta_init
 from torchtpu.shard.launch import initialize_from_env, launched
 from torchtpu.shard.mesh import make_mesh
 from torchtpu.shard.rules import RULE_SETS, Rule
-from torchtpu.shard.strategy import FSDP, DataParallel, Placement, Strategy, TensorParallel
+from torchtpu.shard.strategy import (
+    FSDP,
+    DataParallel,
+    ExpertParallel,
+    Placement,
+    Strategy,
+    TensorParallel,
+)
 
 __all__ = [
     "RULE_SETS",
@@ -31,6 +40,7 @@ __all__ = [
     "Collective",
     "CollectiveError",
     "DataParallel",
+    "ExpertParallel",
     "Placement",
     "ProcessGroupTPU",
     "Rule",

@@ -19,6 +19,13 @@ attention and MLP blocks of two model families (the names are Hugging Face's):
 
 Embeddings stay replicated in both (GPT-2's vocabulary, 50257, divides by no
 mesh axis).
+
+- ``"experts"``: expert parallelism. The stacked expert weights of Hugging
+  Face's mixture-of-experts layers (``mlp.experts.gate_up_proj`` (E, 2I, H),
+  ``mlp.experts.down_proj`` (E, H, I), and ``up_proj`` and the biases where a
+  model has them: Mixtral, Qwen2-MoE, DeepSeek-V3, GPT-OSS) are split on their
+  first dimension, the experts, over the ``expert`` axis. Routers and shared
+  experts stay whole.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from torchtpu.errors import ShardingError
 
 Spec = tuple[Any, ...]
 MODEL_AXIS = "model"
+EXPERT_AXIS = "expert"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +88,10 @@ RULE_SETS: dict[str, list[Rule]] = {
         r"\.(attn\.c_attn|mlp\.c_fc)\.bias$",
         transposed=True,
     ),
+    "experts": [
+        Rule(r"\.experts\.(gate_up_proj|up_proj|down_proj)$", (EXPERT_AXIS,)),
+        Rule(r"\.experts\.(gate_up_proj|up_proj|down_proj)_bias$", (EXPERT_AXIS,), required=False),
+    ],
 }
 
 # What identifies a family in a model's parameter names, for rules="auto".

@@ -7,9 +7,10 @@ step's state by it and compiles the whole step once, as one SPMD program;
 XLA propagates the shardings through the step and inserts the collectives.
 
 The ready-made strategies are the same class with other defaults:
-:class:`DataParallel`, :class:`FSDP` (ZeRO-3), :class:`TensorParallel`, and
-their hybrids on a 2-D mesh (``FSDP(model=2)`` is FSDP x TP,
-``FSDP(data=2)`` is DP x FSDP, ``TensorParallel(data=2)`` is DP x TP).
+:class:`DataParallel`, :class:`FSDP` (ZeRO-3), :class:`TensorParallel`,
+:class:`ExpertParallel`, and their hybrids on a 2-D mesh (``FSDP(model=2)`` is
+FSDP x TP, ``FSDP(data=2)`` is DP x FSDP, ``TensorParallel(data=2)`` is DP x
+TP, ``ExpertParallel(data=2)`` EP x DP, ``ExpertParallel(fsdp=2)`` EP x FSDP).
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from torchtpu.errors import ShardingError
 from torchtpu.lower.dtypes import to_jax_dtype
 from torchtpu.shard.mesh import describe_mesh, make_mesh
-from torchtpu.shard.rules import Rule, as_rules, check_used, detect_family, first_match
+from torchtpu.shard.rules import (
+    EXPERT_AXIS,
+    Rule,
+    as_rules,
+    check_used,
+    detect_family,
+    first_match,
+)
 
 AUTO = "auto"
 
@@ -308,6 +316,45 @@ class TensorParallel(Strategy):
         axes["model"] = -1
         batch = ("data",) if data > 1 else ()
         super().__init__(axes, rules, batch_axes=batch, devices=devices)
+
+
+class ExpertParallel(Strategy):
+    """Expert parallelism: the stacked expert weights of mixture-of-experts layers
+    (and their gradients and optimizer state) split by expert over the ``expert``
+    axis (``rules``, default the ``"experts"`` set), the batch split over every
+    axis, everything else replicated. Under it the grouped matmuls of the experts
+    run as a ``shard_map``: each device computes its own experts, the tokens
+    travel to them and back by all-to-all (:mod:`torchtpu.shard.expert`).
+
+    ``data=k``: EP x DP, ``k`` replicas of the expert group. ``fsdp=k``: EP x FSDP,
+    every parameter also split over an ``fsdp`` axis of ``k`` (ZeRO-3).
+
+    Example::
+
+        step = torchtpu.compile_step(train_step, strategy=torchtpu.ExpertParallel())
+    """
+
+    kind = "ExpertParallel"
+
+    def __init__(
+        self,
+        rules: Any = "experts",
+        *,
+        data: int = 1,
+        fsdp: int = 1,
+        devices: Sequence[Any] | None = None,
+    ) -> None:
+        axes: dict[str, int] = {"data": data} if data > 1 else {}
+        if fsdp > 1:
+            axes["fsdp"] = fsdp
+        axes[EXPERT_AXIS] = -1
+        super().__init__(
+            axes,
+            rules,
+            fsdp_axis="fsdp" if fsdp > 1 else None,
+            batch_axes=tuple(axes),
+            devices=devices,
+        )
 
 
 def shape_bytes(shape: Sequence[int], dtype: torch.dtype) -> int:
