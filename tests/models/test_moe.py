@@ -132,3 +132,28 @@ def test_moe_trains_as_eager_in_strict_mode(name, front_end):
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, theirs[key].cpu(), rtol=0, atol=1e-3, msg=key)
     assert torchtpu.metrics()["fallbacks"] == {}
+
+
+def test_load_balancing_loss_trains_as_eager():
+    """Mixtral's auxiliary load-balancing loss (``output_router_logits``): the router
+    logits of every layer feed a loss term, through compile_step in strict mode."""
+    torch.manual_seed(0)
+    model = mixtral()
+    model.config.output_router_logits = True
+    model.config.router_aux_loss_coef = 0.5
+    ours = copy.deepcopy(model)
+    ref_losses, _ = _losses(model, "eager")
+    torchtpu.set_options(strict=True)
+    try:
+        torchtpu.reset_metrics()
+        losses, _ = _losses(ours, "compile_step")
+    finally:
+        torchtpu.set_options(strict=False)
+    out = model(_ids(), labels=_ids())
+    assert out.aux_loss is not None and out.aux_loss.item() > 0  # the term is in the loss
+    assert losses == pytest.approx(ref_losses, abs=1e-4)
+    router = "model.layers.0.mlp.gate.weight"
+    torch.testing.assert_close(
+        model.state_dict()[router], ours.state_dict()[router].cpu(), rtol=0, atol=1e-3
+    )
+    assert torchtpu.metrics()["fallbacks"] == {}
