@@ -85,10 +85,6 @@ def test_char_gpt_trainer_matches_eager_and_resumes_from_its_checkpoint(text_fil
     _close(resumed["losses"], ours["losses"][4:], rtol=1e-4)
 
 
-# CI time: the vision loop's ops are covered by tests/models (ResNet) and tests/data
-# (DataLoader workers); the generation script by tests/device/test_generation.py. Both
-# run with `pytest -m slow`.
-@pytest.mark.slow
 def test_image_classification_loop_with_dataloader_workers_matches_eager():
     """DataLoader with workers and pin_memory, SGD with momentum, BatchNorm, StepLR, eval."""
     eager, ours = _both("vision.py")
@@ -105,7 +101,6 @@ def test_huggingface_fine_tuning_loop_matches_eager():
         _close(a, b, rtol=1e-3)
 
 
-@pytest.mark.slow
 def test_generation_greedy_and_sampled_matches_eager_with_bounded_compiles(tmp_path):
     # The two torchtpu runs go side by side, each with a disk cache of its own.
     runs = [
