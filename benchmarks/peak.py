@@ -178,7 +178,11 @@ def _xla_gemm(n: int, dtype: str):
         key_a, key_b = jax.random.split(jax.random.key(n))
         a = jax.device_put(jax.random.normal(key_a, (n, n), _JAX_DTYPES[dtype]), device)
         b = jax.device_put(jax.random.normal(key_b, (n, n), _JAX_DTYPES[dtype]), device)
-        dot = jax.jit(jnp.dot)
+        # bf16 products accumulated in float32, as torchtpu lowers them (and as PyTorch's
+        # kernels compute): XLA:CPU runs a bf16 x bf16 -> bf16 dot in float32 (about the
+        # fp32 rate), but bf16 x bf16 -> f32 through its bf16 dot kernels (about 2x).
+        wide = jnp.float32 if dtype == "bf16" else None
+        dot = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=wide))
 
     def run(reps: int) -> None:
         with jax_scope():
