@@ -97,6 +97,18 @@ def resnet():
     return t.ResNetForImageClassification(cfg), cfg.num_labels
 
 
+def resnet50():
+    t = _transformers()
+    cfg = t.ResNetConfig(num_labels=100)  # the defaults are ResNet-50: bottleneck, 3-4-6-3
+    return t.ResNetForImageClassification(cfg), cfg.num_labels
+
+
+def convnext_tiny():
+    t = _transformers()
+    cfg = t.ConvNextConfig(num_labels=100)  # the defaults are ConvNeXt-T: 3-3-9-3, 96..768
+    return t.ConvNextForImageClassification(cfg), cfg.num_labels
+
+
 def lm_batch(vocab: int, batch: int, seq: int):
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=gen)
@@ -117,6 +129,8 @@ MODELS: dict[str, tuple[Callable, Callable]] = {
     "llama-small": (lambda: llama(6, 512), lambda v: lm_batch(v, 4, 128)),
     "llama-medium": (lambda: llama(12, 768), lambda v: lm_batch(v, 4, 128)),
     "resnet": (lambda: resnet(), lambda c: image_batch(c, 16, 64)),
+    "resnet50": (lambda: resnet50(), lambda c: image_batch(c, 16, 64)),
+    "convnext-tiny": (lambda: convnext_tiny(), lambda c: image_batch(c, 16, 64)),
 }
 
 
