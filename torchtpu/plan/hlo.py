@@ -29,6 +29,8 @@ import math
 import re
 from collections.abc import Iterable
 
+from torchtpu.shard.hlo import shapes_bytes
+
 SKINNY = 16  # rows or columns at or below which a dot is a matrix-vector product
 CLASSES = ("matmul", "matvec", "conv", "other")
 
@@ -46,7 +48,6 @@ _DIMS = re.compile(r"(lhs|rhs)_(contracting|batch)_dims=\{([0-9,]*)\}")
 _LABELS = re.compile(r"dim_labels=([0-9a-z]+)_([0-9a-z]+)->([0-9a-z]+)")
 _SLICING = {"slice", "dynamic-slice", "gather"}
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all"}
-_WIDTH = {"pred": 1, "s4": 1, "u4": 1, "c64": 8, "c128": 16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,14 +228,4 @@ def _conv_flops(ins: _Instruction, shapes: dict[str, str]) -> float:
 
 
 def _type_bytes(type_text: str) -> int:
-    total = 0
-    for dtype, dims in _ARRAY.findall(type_text):
-        total += math.prod(int(d) for d in dims.split(",") if d) * _width(dtype)
-    return total
-
-
-def _width(dtype: str) -> int:
-    if dtype in _WIDTH:
-        return _WIDTH[dtype]
-    digits = re.sub(r"[^0-9]", "", dtype)
-    return max(1, int(digits) // 8) if digits else 4
+    return sum(shapes_bytes(type_text))

@@ -62,7 +62,14 @@ def _dtype_bytes(name: str) -> int:
     return max(1, int(digits) // 8)
 
 
-def _shapes_bytes(text: str) -> list[int]:
+def shapes_bytes(text: str) -> list[int]:
+    """The bytes of each array type in an HLO type text (``f32[8,4]``, a tuple of them);
+    tokens hold none.
+
+    Example::
+
+        shapes_bytes("(f32[8,4], bf16[2])")  # [128, 4]
+    """
     out = []
     for dtype, dims in _SHAPE.findall(text):
         if dtype == "token":
@@ -92,14 +99,14 @@ def collectives(hlo_text: str, n_devices: int) -> list[Collective]:
         found = _INSTRUCTION.search(line)
         if not found:
             continue
-        kind, sizes = found.group("op"), _shapes_bytes(found.group("type"))
+        kind, sizes = found.group("op"), shapes_bytes(found.group("type"))
         if not sizes:
             continue
         if found.group("start") and kind in {"all-gather", "collective-permute"}:
             size = sizes[-1]  # (operand, result) pairs: the gathered result
         elif kind == "reduce-scatter":
             operands = line[found.end() :]
-            size = sum(_shapes_bytes(operands.split(")", 1)[0])) or sum(sizes) * n_devices
+            size = sum(shapes_bytes(operands.split(")", 1)[0])) or sum(sizes) * n_devices
         else:
             size = sum(sizes)
         out.append(Collective(kind, size, _group_size(line, n_devices), line.strip()))
