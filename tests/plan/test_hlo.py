@@ -8,36 +8,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import pytest
+from _chips import fake_chip, fig  # tests/plan, on sys.path
 
 from torchtpu.plan import Workload, estimate
-from torchtpu.plan.catalog import Chip, Figure
+from torchtpu.plan.catalog import Figure
 from torchtpu.plan.hlo import OpCost, class_totals, op_costs
 from torchtpu.plan.model import class_rates, per_op_roofline, pipeline_bubble
 from torchtpu.runtime import jax_scope
-
-
-def fig(value: float) -> Figure:
-    return Figure(value, "test", "2026-01", True)
-
-
-def fake_chip(**changes) -> Chip:
-    """10 TFLOP/s fp32 at 50% matmul efficiency, 1 TB/s (as tests/plan/test_model.py's)."""
-    chip = Chip(
-        key="fake",
-        name="Fake",
-        vendor="test",
-        peak_flops={"bf16": fig(100e12), "fp32": fig(10e12)},
-        memory_bytes=fig(10e9),
-        memory_bw=fig(1e12),
-        link_bw=fig(100e9),
-        domain=8,
-        topology="switch",
-        tdp_w=fig(500),
-        price_per_hour=fig(3.6),
-        price_provider="test cloud",
-        matmul_efficiency=fig(0.5),
-    )
-    return dataclasses.replace(chip, **changes)
 
 
 def compiled(fn, *shapes):

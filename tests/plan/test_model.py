@@ -7,17 +7,16 @@ efficiency, 10 GB at 1 TB/s, 100 GB/s of link one way, 8 chips on a switch,
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import textwrap
 
 import pytest
 import torch
+from _chips import fake_chip, fig  # tests/plan, on sys.path
 
 import torchtpu
 import torchtpu.plan
 from torchtpu.plan import Collective, Workload, decode_estimate, estimate
-from torchtpu.plan.catalog import Chip, Figure
 from torchtpu.plan.model import collective_seconds, torus_slice
 
 ROW_KEYS = {
@@ -33,29 +32,6 @@ ROW_KEYS = {
     "energy_kwh",
     "bound",
 }
-
-
-def fig(value: float, verified: bool = True) -> Figure:
-    return Figure(value, "test", "2026-01", verified)
-
-
-def fake_chip(key: str = "fake", **changes) -> Chip:
-    chip = Chip(
-        key=key,
-        name="Fake",
-        vendor="test",
-        peak_flops={"bf16": fig(100e12), "fp32": fig(10e12)},
-        memory_bytes=fig(10e9),
-        memory_bw=fig(1e12),
-        link_bw=fig(100e9),
-        domain=8,
-        topology="switch",
-        tdp_w=fig(500),
-        price_per_hour=fig(3.6),
-        price_provider="test cloud",
-        matmul_efficiency=fig(0.5),
-    )
-    return dataclasses.replace(chip, **changes)
 
 
 def work(**kw) -> Workload:
