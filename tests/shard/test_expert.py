@@ -23,6 +23,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from _devices8 import collect, start  # noqa: E402  (tests/shard, on sys.path)
+
 VOCAB, BATCH, SEQ, STEPS, EXPERTS = 96, 8, 16, 3, 8
 HIDDEN, INTERMEDIATE = 48, 40  # distinct sizes: an expert weight's shape is unmistakable
 CI_TRAIN = ["mixtral:one,ep"]
@@ -34,38 +36,14 @@ SLOW = ["mixtral:one,ep_dp", "qwen2_moe:one,ep,ep_fsdp"]
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    return subprocess.Popen(
-        [sys.executable, __file__, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _collect(process: subprocess.Popen) -> dict:
-    try:
-        stdout, stderr = process.communicate(timeout=900)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr[-4000:]
-    out: dict = {"runs": {}, "checks": None}
-    for line in stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            if "checks" in record:
-                out["checks"] = record["checks"]
-            else:
-                out["runs"][(record["model"], record["strategy"])] = record
-    return out
+    return start(__file__, args)
 
 
 @pytest.fixture(scope="module")
 def ci() -> dict:
     # Two processes side by side: much of each is one thread (tracing, compiling).
     train, other = _start(CI_TRAIN), _start(CI_CHECKS)
-    first, second = _collect(train), _collect(other)
+    first, second = collect(train), collect(other)
     return {"runs": {**first["runs"], **second["runs"]}, "checks": second["checks"]}
 
 
@@ -206,7 +184,7 @@ def test_hybrids_and_qwen2_moe_match_one_device():
     processes = [_start([arg]) for arg in SLOW]
     runs: dict = {}
     for process in processes:
-        runs.update(_collect(process)["runs"])
+        runs.update(collect(process)["runs"])
     _matches_one_device(runs, _one_device(runs))
 
 

@@ -11,15 +11,14 @@ on both.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
+
+from _devices8 import collect, start  # noqa: E402  (tests/shard, on sys.path)
 
 SCRIPT = Path(__file__).with_name("_spmd.py")
 CI = ["gpt2:one,dp,fsdp,tp,fsdp_tp", "llama:one,dp_fsdp,dp_tp"]
@@ -27,42 +26,18 @@ ALL = ["gpt2:one,dp,fsdp,tp,fsdp_tp,dp_fsdp,dp_tp", "llama:one,dp,fsdp,tp,fsdp_t
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _collect(process: subprocess.Popen) -> dict:
-    try:
-        stdout, stderr = process.communicate(timeout=900)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr[-4000:]
-    runs, checks = {}, None
-    for line in stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            if "checks" in record:
-                checks = record["checks"]
-            else:
-                runs[(record["model"], record["strategy"])] = record
-    return {"runs": runs, "checks": checks}
+    return start(str(SCRIPT), args)
 
 
 def _run(args: list[str]) -> dict:
-    return _collect(_start(args))
+    return collect(_start(args))
 
 
 @pytest.fixture(scope="module")
 def ci():
     # Two processes side by side: much of each is one thread (tracing, compiling).
     train, checks = _start(CI), _start(["checks"])
-    return {"runs": _collect(train)["runs"], "checks": _collect(checks)["checks"]}
+    return {"runs": collect(train)["runs"], "checks": collect(checks)["checks"]}
 
 
 @pytest.fixture(scope="module")
