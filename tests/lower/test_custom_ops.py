@@ -105,16 +105,17 @@ def _batches(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(8, 6, generator=gen), torch.randn(8, generator=gen)) for _ in range(n)]
 
 
-def _train_eager(model: torch.nn.Module) -> tuple[list[float], dict[str, torch.Tensor]]:
+def _train(forward, model: torch.nn.Module, device: str = "cpu") -> list[float]:
+    """SGD steps over ``_batches()`` by an eager loop calling ``forward``: the losses."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []
     for x, y in _batches():
-        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss = torch.nn.functional.mse_loss(forward(x.to(device)), y.to(device))
         loss.backward()
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return losses
 
 
 @pytest.fixture
@@ -122,7 +123,8 @@ def reference():
     torch.manual_seed(0)
     model = Block()
     start = copy.deepcopy(model)
-    return start, _train_eager(model)
+    losses = _train(model, model)
+    return start, (losses, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
 def _assert_same(got, expected):
@@ -141,15 +143,7 @@ def test_trains_under_torch_compile_strict(reference, device):
     start, expected = reference
     torchtpu.set_options(strict=True)
     model = copy.deepcopy(start).to(device)
-    compiled = torch.compile(model, backend="tpu")
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    losses = []
-    for x, y in _batches():
-        loss = torch.nn.functional.mse_loss(compiled(x.to(device)), y.to(device))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = _train(torch.compile(model, backend="tpu"), model, device)
     _assert_same((losses, model.state_dict()), expected)
     assert torchtpu.metrics()["fallbacks"] == {}
 
@@ -177,14 +171,7 @@ def test_trains_in_device_mode_strict(reference):
     start, expected = reference
     torchtpu.set_options(strict=True)
     model = copy.deepcopy(start).to("tpu")
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    losses = []
-    for x, y in _batches():
-        loss = torch.nn.functional.mse_loss(model(x.to("tpu")), y.to("tpu"))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = _train(model, model, "tpu")
     _assert_same((losses, model.state_dict()), expected)
     assert torchtpu.metrics()["fallbacks"] == {}
 
