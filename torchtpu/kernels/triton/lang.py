@@ -287,14 +287,20 @@ def _fast_reducer(combine_fn: Any) -> Any:
     return "min" if combine_fn is std._elementwise_min else None
 
 
-def _reduce(input: Any, axis: Any, combine_fn: Any, keep_dims: bool = False, **_: Any) -> Any:
-    """``tl.reduce``: known combine functions by ``jnp``, any other as a pairwise tree."""
+def _operands(input: Any, axis: Any) -> tuple[bool, Any, list[Any], list[Any]]:
+    """A reduction's or scan's block(s) (one tensor or a tuple) as JAX arrays: whether it
+    was one tensor, the axis as a value, the Triton dtypes and the arrays."""
     single = isinstance(input, tl.tensor)
     inputs = (input,) if single else tuple(input)
     axis = axis.value if isinstance(axis, tl.constexpr) else axis
-    keep_dims = keep_dims.value if isinstance(keep_dims, tl.constexpr) else keep_dims
     dtypes = [t.dtype for t in inputs]
-    datas = [jnp.asarray(t.handle.data, np_dtype(t.dtype)) for t in inputs]
+    return single, axis, dtypes, [jnp.asarray(t.handle.data, np_dtype(t.dtype)) for t in inputs]
+
+
+def _reduce(input: Any, axis: Any, combine_fn: Any, keep_dims: bool = False, **_: Any) -> Any:
+    """``tl.reduce``: known combine functions by ``jnp``, any other as a pairwise tree."""
+    single, axis, dtypes, datas = _operands(input, axis)
+    keep_dims = keep_dims.value if isinstance(keep_dims, tl.constexpr) else keep_dims
     shape = datas[0].shape
     if axis is None:
         datas, ax = [d.reshape(-1) for d in datas], 0
@@ -324,12 +330,8 @@ def _reduce(input: Any, axis: Any, combine_fn: Any, keep_dims: bool = False, **_
 def _scan(input: Any, axis: Any, combine_fn: Any, reverse: bool = False, **_: Any) -> Any:
     """``tl.associative_scan``: cumsum/cumprod by ``jnp``, any other combine by a doubling
     scan."""
-    single = isinstance(input, tl.tensor)
-    inputs = (input,) if single else tuple(input)
-    axis = axis.value if isinstance(axis, tl.constexpr) else axis
+    single, axis, dtypes, datas = _operands(input, axis)
     reverse = reverse.value if isinstance(reverse, tl.constexpr) else reverse
-    dtypes = [t.dtype for t in inputs]
-    datas = [jnp.asarray(t.handle.data, np_dtype(t.dtype)) for t in inputs]
     ax = axis % datas[0].ndim
     std = tl.standard
     if single and combine_fn in (std._sum_combine, std._prod_combine):
