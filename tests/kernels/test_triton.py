@@ -66,7 +66,7 @@ def test_histogram_atomic_add():
 
 
 def test_launch_on_tpu_tensors_and_cpu_tensors_by_subscript():
-    from torchtpu.kernels.triton.launch import install
+    from torchtpu.kernels.triton import install
 
     install()
     x, y = torch.randn(300), torch.randn(300)
@@ -81,7 +81,7 @@ def test_launch_on_tpu_tensors_and_cpu_tensors_by_subscript():
 
 
 def test_launch_inside_torch_compile_is_lowered_into_the_program():
-    from torchtpu.kernels.triton.launch import install
+    from torchtpu.kernels.triton import install
 
     install()
 

@@ -277,7 +277,8 @@ def launch_tpu(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
 
 def install() -> None:
     """Route ``kernel[grid](...)`` launches whose tensors are on tpu or the CPU through the
-    translator; launches on CUDA tensors keep Triton's own path."""
+    translator; launches on CUDA tensors keep Triton's own path. (``ops.install``, which
+    ``import torchtpu`` runs, calls this and also makes Dynamo capture launches.)"""
     if getattr(JITFunction.run, "_torchtpu", False):
         return
     original = JITFunction.run
@@ -303,10 +304,6 @@ def install() -> None:
 
     run_._torchtpu = True  # type: ignore[attr-defined]
     JITFunction.run = run_
-    # Dynamo captures a launch only where torch thinks Triton can run; the translator can.
-    import torch.utils._triton as torch_triton
-
-    torch_triton.has_triton = lambda: True
     register_lowering()
 
 
