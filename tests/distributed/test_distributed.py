@@ -10,48 +10,18 @@ Only 127.0.0.1 is used.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _torchrun import env as _env  # tests/distributed, on sys.path
+from _torchrun import free_port as _free_port
+from _torchrun import torchrun as _torchrun
 
 SCRIPTS = Path(__file__).with_name("scripts")
 TORCHTPU = Path(sys.executable).with_name("torchtpu")
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 whose successor (JAX's coordinator) is free too."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no pair of free ports on 127.0.0.1")
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, "TORCHTPU_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("TORCHTPU_PLATFORM", None)
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
-
-
-def _torchrun(tmp_path: Path, *command: str, timeout: int = 240) -> None:
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    args += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}", *command]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=_env(tmp_path))
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-6000:])
 
 
 def _load(path: Path) -> dict:
