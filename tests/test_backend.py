@@ -233,3 +233,21 @@ def _chain(exc):
     while exc is not None:
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def test_dynamo_never_traces_the_runtime():
+    """An op on tpu tensors that runs eagerly under a compiled frame (DDP's and FSDP2's
+    hooks, a graph break) reaches torchtpu's Python kernel: Dynamo must run it, and
+    JAX, as they are rather than compile their frames as user code."""
+    import jax.numpy as jnp
+    from torch._dynamo import trace_rules
+
+    from torchtpu.compile.program import compile_function
+    from torchtpu.device.tensor import kernel
+    from torchtpu.lower.interpreter import run_nodes
+    from torchtpu.shard.c10d import ProcessGroupTPU
+
+    for runtime in (kernel, run_nodes, compile_function, ProcessGroupTPU.allreduce, jnp.reshape):
+        assert trace_rules.check(runtime), runtime
+    # The user-facing entry points stay traceable.
+    assert not trace_rules.check(torchtpu.compile_step)

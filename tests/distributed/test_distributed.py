@@ -101,10 +101,13 @@ def test_collectives_and_fsdp2_over_two_processes(tmp_path):
         # The tpu tensors went through XLA collectives, not a host round trip.
         assert "c10d allreduce over 2 processes" in got["programs"]
         assert "c10d reduce_scatter over 2 processes" in got["programs"]
-        # Only the compiled functional collective, which runs through the group (warned).
-        assert got["fallbacks"] == {"_c10d_functional.all_reduce.default": 1}
+        # Nothing fell back: functional collectives in compiled graphs are XLA collectives.
+        assert got["fallbacks"] == {}
         assert got["funcol_eager"] == [3.0, 3.0]
         assert got["funcol_compiled"] == [7.0, 7.0]
+        assert got["inplace_compiled"] == 18.0
+        assert got["cpu_compiled"] == [2.0, 2.0, 4.0, 4.0]
+        assert got["compiled_collectives"] == ["all-gather", "all-reduce"]
         lowered = got["lowered"]
         assert lowered["all_reduce"] == [10.0, 12.0, 14.0, 16.0]
         assert lowered["all_gather"] == [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0]
@@ -117,6 +120,12 @@ def test_collectives_and_fsdp2_over_two_processes(tmp_path):
         # DTensor: ColwiseParallel/RowwiseParallel over a DeviceMesh of the two processes.
         assert got["tp_shard_shape"] == [4, 4]
         _close(got["tp_losses"], got["tp_ref"])
+        # The same under torch.compile: collectives in the forward and backward programs.
+        _close(got["tp_compiled_losses"], got["tp_compiled_ref"])
+        assert got["tp_compiled_graphs"] == {"forward": True, "backward": True}
+        # Compiled DDP and FSDP2 models train as one process on the whole batch.
+        assert got["ddp_compiled_max_diff"] < 1e-5
+        assert got["fsdp2_compiled_max_diff"] < 1e-5
         # compile_step over the two processes' devices, each with half the batch.
         assert got["spmd_devices"] == 2
         _close(got["spmd_losses"], got["spmd_ref"])

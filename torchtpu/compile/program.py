@@ -64,11 +64,15 @@ class Program:
         seconds: float,
         checks: list[Check] | None = None,
         replay: Callable[[Sequence[Any], Any], None] | None = None,
+        blocks: Any = None,
     ) -> None:
         self.name = name
         self.origin = origin
         self.lowered = lowered
         self.compiled = compiled
+        # A program over the process mesh (``ProcessBlocks``): called with this
+        # process's arrays, which it converts to and from global ones.
+        self.blocks = blocks
         self.in_avals = list(in_avals)
         self.static_outputs = static_outputs
         self.treedef = treedef
@@ -84,10 +88,15 @@ class Program:
         self.replay = replay
 
     def __call__(self, arrays: Sequence[Any], seed: Any = None) -> Any:
+        args = [seed, *arrays] if self.uses_rng else list(arrays)
+        if self.blocks is not None:
+            args = self.blocks.enter(args)
         try:
-            results = self.compiled(seed, *arrays) if self.uses_rng else self.compiled(*arrays)
+            results = self.compiled(*args)
         except jax.errors.JaxRuntimeError as exc:
             raise _device_error(self, exc) from exc
+        if self.blocks is not None:
+            results = self.blocks.leave(results)
         self.runs += 1
         if self.checks:
             *results, flags = results
@@ -224,10 +233,12 @@ class Lowered:
         trace_seconds: float,
         checks: Callable[[], list[Check]] | None = None,
         replay: Callable[[Sequence[Any], Any], None] | None = None,
+        blocks: Any = None,
     ) -> None:
         self.name = name
         self.origin = origin
         self.lowered = lowered
+        self.blocks = blocks
         self.specs = list(specs)
         self.uses_rng = uses_rng
         self.n_ops = n_ops
@@ -274,6 +285,7 @@ class Lowered:
             self.trace_seconds + seconds,
             self.checks() if self.checks is not None else None,
             self.replay,
+            self.blocks,
         )
         _log_compile(program)
         return program
@@ -292,6 +304,7 @@ def lower_function(
     out_info: Callable[[], tuple[Any, dict[int, Any]]] | None = None,
     checks: Callable[[], list[Check]] | None = None,
     replay: Callable[[Sequence[Any], Any], None] | None = None,
+    blocks: Any = None,
 ) -> Lowered:
     """Trace ``fn`` (a function of JAX arrays) for ``specs`` and lower it to StableHLO.
 
@@ -305,10 +318,15 @@ def lower_function(
     returns as its last output (see ``torchtpu.lower.checks``).
     ``replay``: ``replay(arrays, seed)`` reruns the program op by op to name the
     first op that makes a NaN or Inf (``TORCHTPU_DEBUG_NANS``).
+    ``blocks``: a :class:`~torchtpu.lower.ops.collective.ProcessBlocks`: ``fn``, a
+    function of this process's values returning a list, is traced as the body of a
+    ``shard_map`` over the process mesh (a program with collectives between processes).
     """
     all_specs = list(specs)
     if uses_rng:
         all_specs.insert(0, jax.ShapeDtypeStruct(seed_shape, jnp.uint32))
+    if blocks is not None:
+        fn, all_specs = blocks.wrap(fn, all_specs)
     offset = 1 if uses_rng else 0
     donate_argnums = tuple(i + offset for i in donate)
     start = time.perf_counter()
@@ -318,7 +336,9 @@ def lower_function(
         lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*all_specs)
     seconds = time.perf_counter() - start
     bump("trace_seconds", seconds)
-    return Lowered(name, origin, lowered, specs, uses_rng, n_ops, out_info, seconds, checks, replay)
+    return Lowered(
+        name, origin, lowered, specs, uses_rng, n_ops, out_info, seconds, checks, replay, blocks
+    )
 
 
 def compile_function(fn: Callable[..., Any], specs: Sequence[Any], **kwargs: Any) -> Program:
@@ -415,14 +435,16 @@ def lower_segment(
     origin: str | None = None,
     seed_shape: tuple[int, ...] = (),
     out_shardings: dict[torch.fx.Node, Any] | None = None,
-) -> Program:
+    blocks: Any = None,
+) -> Lowered:
     """Trace ``segment`` with JAX for these inputs and lower it.
 
     The segment's inputs are ``treedef`` unflattened over ``leaves``: a device
     array (or ``jax.ShapeDtypeStruct``) for each array and the Python value
     itself for each static leaf (sizes of dynamic shapes, ``None``). Arrays
     sharded over a mesh make an SPMD program for that mesh; ``out_shardings``
-    pins some outputs (segment output nodes) to a sharding.
+    pins some outputs (segment output nodes) to a sharding. ``blocks`` traces it
+    over the process mesh (see :func:`lower_function`).
     ``donate`` lists leaf positions whose buffers XLA may reuse for outputs.
     """
     traced = SegmentFunction(segment, treedef, leaves, out_shardings)
@@ -438,7 +460,11 @@ def lower_segment(
         n_ops=len(segment.nodes),
         out_info=traced.out_info,
         checks=traced.checks,
-        replay=lambda arrays, seed: _replay(segment, traced.inputs(arrays), seed, name, origin),
+        # Op by op, collectives would run outside their shard_map: no replay there.
+        replay=None
+        if blocks is not None
+        else lambda arrays, seed: _replay(segment, traced.inputs(arrays), seed, name, origin),
+        blocks=blocks,
     )
 
 

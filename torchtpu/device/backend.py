@@ -83,9 +83,35 @@ def install() -> None:
     _grouped_mm_meta()
     _accelerator_api()
     _load_onto_the_device()
+    _runtime_not_traced()
     from torchtpu.capture.backend import route_default_backend
 
     route_default_backend()
+
+
+# The runtime behind a tpu tensor: its kernels, the lazy graph, the programs and JAX.
+_RUNTIME = (
+    "jax",
+    "jaxlib",
+    "torchtpu.device.tensor",
+    "torchtpu.device.lazy",
+    "torchtpu.runtime",
+    "torchtpu.compile",
+    "torchtpu.lower",
+    "torchtpu.run",
+    "torchtpu.shard.c10d",
+)
+
+
+def _runtime_not_traced() -> None:
+    """Dynamo never traces the runtime: an op on tpu tensors that runs eagerly while a
+    compiled function is on the stack (after a graph break, in DDP's or FSDP2's hooks)
+    reaches our Python kernel, and Dynamo would otherwise compile the kernel's frames,
+    and JAX's, as if they were the user's code."""
+    from torch._dynamo import trace_rules
+
+    for name in _RUNTIME:
+        trace_rules.add(name)
 
 
 def _composite_ops() -> list[Any]:

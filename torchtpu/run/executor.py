@@ -51,6 +51,12 @@ from torchtpu.lower.interpreter import (
     node_op,
     run_nodes,
 )
+from torchtpu.lower.ops.collective import (
+    ProcessBlocks,
+    is_collective,
+    process_mesh,
+    process_mesh_trace,
+)
 from torchtpu.metrics import bump, count_fallback
 from torchtpu.runtime import from_device, jax_scope, next_seed, to_device, tpu_generator
 from torchtpu.runtime.placement import current_mesh, on_mesh, onto_mesh, sharding_key
@@ -102,10 +108,14 @@ class GraphExecutor:
             self._input_names.update(zip(self.placeholders, input_names, strict=True))
         self.output_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
         self.eager_nodes: set[torch.fx.Node] = set()
-        for node in gm.graph.nodes:
-            status, reason = lowering_status(node)
-            if status != "lowers":
-                self._fall_back(node, reason, status)
+        # Collectives between processes (DTensor, funcol, c10d under Dynamo): the
+        # programs holding them are traced over the process mesh.
+        self._process_mesh = None if self.opts.strategy else process_mesh(gm.graph.nodes)
+        with self._process_trace():
+            for node in gm.graph.nodes:
+                status, reason = lowering_status(node)
+                if status != "lowers":
+                    self._fall_back(node, reason, status)
         self.sized_nodes = {n for n in gm.graph.nodes if n.op == "call_function" and is_sized(n)}
         outputs = self.output_node.args[0]
         self._out_devices = [_meta_device(n) for n in outputs]
@@ -206,6 +216,16 @@ class GraphExecutor:
             if isinstance(value, torch.Tensor) and value.device.type != DEVICE_TYPE:
                 out[i] = to_device(value, self._input_shardings[i])
         return out
+
+    def _process_trace(self) -> contextlib.AbstractContextManager:
+        mesh = self._process_mesh
+        return process_mesh_trace(mesh.size) if mesh is not None else contextlib.nullcontext()
+
+    def _blocks(self, segment: Segment) -> ProcessBlocks | None:
+        """How a segment holding a collective is traced over the process mesh."""
+        if self._process_mesh is None or not any(is_collective(n) for n in segment.nodes):
+            return None
+        return ProcessBlocks(self._process_mesh)
 
     def _repartition(self) -> None:
         self.segments = self._partition()
@@ -314,7 +334,10 @@ class GraphExecutor:
     ) -> Program:
         if index not in self._fingerprints:
             self._fingerprints[index] = fingerprint(segment)
+        blocks = self._blocks(segment)
         key = ("segment", self._fingerprints[index], signature)
+        if blocks is not None:
+            key += (tuple(d.id for d in blocks.mesh.devices.flat),)
         program = CACHE.get(key)
         if program is not None:
             bump("cache_hits")
@@ -337,6 +360,7 @@ class GraphExecutor:
                 name=self.name,
                 origin=self._origin(segment),
                 out_shardings=self._pinned_outputs(segment),
+                blocks=blocks,
             )
             CACHE.put(key, program)
         self._programs[(index, signature)] = program
@@ -404,6 +428,7 @@ class GraphExecutor:
                     name=self.name,
                     origin=self._origin(segment),
                     out_shardings=self._pinned_outputs(segment),
+                    blocks=self._blocks(segment),
                 )
                 out.append((segment, lowered))
         return out

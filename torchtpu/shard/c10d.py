@@ -33,13 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.distributed as dist
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 from torch._C._distributed_c10d import ReduceOp, _create_work_from_future
 
 from torchtpu.compile.program import CACHE, Program, compile_function
 from torchtpu.device.tensor import DEVICE_TYPE, device_array, is_tpu, set_device_array
 from torchtpu.errors import CollectiveError, TorchTPUError
+from torchtpu.lower.ops.collective import ProcessBlocks
 from torchtpu.metrics import bump
 from torchtpu.runtime import jax_scope
 from torchtpu.shard import launch
@@ -118,23 +118,17 @@ def _program(
         return program
     n = group.size()
     block = _block(kind, op, n, extra)
-    mesh = group.mesh
-    sharding = NamedSharding(mesh, P(AXIS))
 
-    def blocks(*xs: jax.Array) -> tuple[jax.Array, ...]:
-        return tuple(block(x) for x in xs)
+    def blocks(*xs: jax.Array) -> list[jax.Array]:
+        return [block(x) for x in xs]
 
-    fn = jax.shard_map(blocks, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS))
-    global_specs = [
-        jax.ShapeDtypeStruct((n * shape[0], *shape[1:]), dtype, sharding=sharding)
-        for shape, dtype in specs
-    ]
     program = compile_function(
-        fn,
-        global_specs,
+        blocks,
+        [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in specs],
         name=f"c10d {kind} over {n} process{'es' if n > 1 else ''}",
         origin=f"ProcessGroupTPU({group.getGroupName() or 'default'})",
         n_ops=len(specs),
+        blocks=ProcessBlocks(group.mesh),
     )
     return CACHE.put(key, program)
 
@@ -143,20 +137,13 @@ def _run(
     kind: str, group: ProcessGroupTPU, op: _R, arrays: Sequence[jax.Array], extra: int = 0
 ) -> list[jax.Array]:
     """Run collective ``kind`` on this process's ``arrays``; the local results."""
-    n = group.size()
-    mesh = group.mesh
-    sharding = NamedSharding(mesh, P(AXIS))
     with jax_scope():
         # 0-d values get a leading dim of 1: the blocks are stacked along dim 0.
         local = [a.reshape(1) if a.ndim == 0 else a for a in arrays]
         specs = tuple((tuple(a.shape), a.dtype) for a in local)
         program = _program(kind, group, op, extra, specs)
-        global_arrays = [
-            jax.make_array_from_single_device_arrays((n * a.shape[0], *a.shape[1:]), sharding, [a])
-            for a in local
-        ]
         try:
-            outs = program(global_arrays)
+            outs = program(local)
         except (ValueError, TorchTPUError) as exc:
             # What XLA's cross-process collective says when a peer is gone.
             shapes = ", ".join(f"{dtype}{list(shape)}" for shape, dtype in specs)
@@ -166,8 +153,7 @@ def _run(
                 "If another process died, its log has the cause; this one stops too "
                 f"(see {DOCS})"
             ) from exc
-        results = [o.addressable_shards[0].data for o in outs]
-    return results
+    return outs
 
 
 # --- the process group ----------------------------------------------------------------

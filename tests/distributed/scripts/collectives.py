@@ -1,13 +1,13 @@
-"""Every collective of the ``tpu`` process group, then FSDP2, DTensor tensor
-parallelism and a native ``compile_step(strategy=FSDP())`` over both processes,
-in one torchrun launch.
+"""Every collective of the ``tpu`` process group, functional collectives in compiled
+functions, then FSDP2, DTensor tensor parallelism (eager and compiled), compiled
+DDP and FSDP2 models, and a native ``compile_step(strategy=FSDP())`` over both
+processes, in one torchrun launch.
 
 Each rank writes what it saw to ``<out>.<rank>`` (JSON); the test checks it.
 """
 
 import json
 import sys
-import warnings
 
 import jax
 import numpy as np
@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.nn.parallel import DistributedDataParallel
 
 import torchtpu
 import torchtpu.shard.c10d  # noqa: F401 - registers "tpu"
@@ -113,8 +114,8 @@ if r == 1:
     dist.all_reduce(x, group=solo)
     out["solo"] = x.cpu().tolist()
 
-# _c10d_functional eagerly on tpu tensors, and in a compiled function, where (until
-# compiled programs are traced over the process mesh) it runs through the group.
+# _c10d_functional eagerly on tpu tensors, and in compiled functions, whose programs
+# are traced over the process mesh: XLA collectives inside the compiled program.
 x = torch.full((2,), float(r + 1), device="tpu")
 out["funcol_eager"] = funcol.all_reduce(x, "sum", dist.group.WORLD).cpu().tolist()
 
@@ -124,9 +125,25 @@ def doubled_sum(x):
     return funcol.all_reduce(x * 2, "sum", dist.group.WORLD) + 1
 
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    out["funcol_compiled"] = doubled_sum(x).cpu().tolist()
+@torch.compile(backend="tpu")
+def tripled_then_reduced(x):
+    y = x * 3
+    dist.all_reduce(y)  # in place: Dynamo rewrites it to the functional op
+    return y.sum()
+
+
+@torch.compile(backend="tpu")
+def gathered(x):
+    return funcol.all_gather_tensor(x + 1, 0, dist.group.WORLD) * 2
+
+
+out["funcol_compiled"] = doubled_sum(x).cpu().tolist()
+out["inplace_compiled"] = tripled_then_reduced(x).item()
+out["cpu_compiled"] = gathered(torch.full((2,), float(r))).tolist()
+compiled = [p for p in programs() if p.name == "inference"]
+out["compiled_collectives"] = sorted(
+    {c for p in compiled for c in ("all-reduce", "all-gather") if c in p.compiled_text()}
+)
 
 # The lowerings themselves, traced in a shard_map over the process mesh: XLA collectives.
 F = torch.ops._c10d_functional
@@ -217,6 +234,71 @@ for _ in range(3):
     tp_ref.append(ref_loss.item())
 out["tp_shard_shape"] = list(model[0].weight.to_local().shape)
 out["tp_losses"], out["tp_ref"] = tp_losses, tp_ref
+
+# The same under torch.compile: DTensor's collectives are in the captured forward and
+# backward graphs, and run as XLA collectives inside their programs.
+# A replicated first layer makes the column-parallel input's gradient a partial sum:
+# the backward all-reduces it.
+torch.manual_seed(2)
+model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference.load_state_dict(model.state_dict())
+model = parallelize_module(model.to("tpu"), mesh, {"1": ColwiseParallel(), "3": RowwiseParallel()})
+compiled_model = torch.compile(model, backend="tpu")
+# The first layer's parameters are plain tensors, the others DTensors: no foreach.
+opt = torch.optim.SGD(model.parameters(), lr=0.1, foreach=False)
+ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+tp_losses, tp_ref = [], []
+for _ in range(3):
+    loss = compiled_model(data.to("tpu")).square().mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    tp_losses.append(loss.item())
+    ref_loss = reference(data).square().mean()
+    ref_loss.backward()
+    ref_opt.step()
+    ref_opt.zero_grad()
+    tp_ref.append(ref_loss.item())
+out["tp_compiled_losses"], out["tp_compiled_ref"] = tp_losses, tp_ref
+out["tp_compiled_graphs"] = {
+    p.name: "all-reduce" in p.compiled_text()
+    for p in programs()
+    if p.name in ("forward", "backward")
+}
+
+# DDP and FSDP2 models under torch.compile (their collectives run in their hooks,
+# through the group), against one process on the whole batch.
+for wrap in ("ddp", "fsdp2"):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    reference.load_state_dict(model.state_dict())
+    model.to("tpu")
+    if wrap == "ddp":
+        wrapped = DistributedDataParallel(model)
+    else:
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        wrapped = fully_shard(model)
+    compiled_model = torch.compile(wrapped, backend="tpu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for _ in range(2):
+        loss = compiled_model(data[2 * r : 2 * r + 2].to("tpu")).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        ref_loss = reference(data).square().mean()
+        ref_loss.backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    full = [getattr(q, "full_tensor", lambda q=q: q)() for q in model.parameters()]
+    out[f"{wrap}_compiled_max_diff"] = max(
+        (a.detach().cpu() - b.detach()).abs().max().item()
+        for a, b in zip(full, reference.parameters(), strict=True)
+    )
 
 # The native SPMD path in the same job: compile_step over the mesh of both
 # processes' devices, each process giving its own rows of the global batch.

@@ -5,8 +5,14 @@ program in every process, traced inside a ``shard_map`` over a mesh of one
 device per process (axis ``"proc"``, as the ``tpu`` process group's own
 programs are, ``torchtpu/shard/c10d.py``): each input is this process's block,
 and ``psum``, ``all_gather``, ``psum_scatter`` and ``all_to_all`` are real
-collectives across the processes. Such a trace runs under
-:func:`process_mesh_trace`; outside one there is no axis to reduce over, so
+collectives across the processes.
+
+The graph executor (``torch.compile(backend="tpu")``, ``compile_step``) finds
+the mesh with :func:`process_mesh`, checks and traces the graph's ops under
+:func:`process_mesh_trace`, and builds each program that holds a collective
+with :class:`ProcessBlocks`: the program's inputs are this process's tensors
+as blocks of global arrays, its outputs this process's blocks. Outside such a
+trace (device mode, a strategy's own mesh) there is no axis to reduce over, so
 ``supports=`` refuses the call (it then runs in eager PyTorch, where the op
 calls the process group itself), with the reason.
 
@@ -18,11 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
 import torch
+import torch.fx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from torchtpu.lower.registry import register
 
@@ -39,6 +48,96 @@ def process_mesh_trace(n_processes: int) -> Iterator[None]:
         yield
     finally:
         _IN_MESH.reset(token)
+
+
+def to_global(arrays: Sequence[jax.Array], mesh: Mesh) -> list[jax.Array]:
+    """This process's ``arrays`` as its blocks of global arrays over the process mesh,
+    stacked along dim 0 (a 0-d value gets a dim of 1). No copy."""
+    n = mesh.size
+    sharding = NamedSharding(mesh, P(AXIS))
+    out = []
+    for a in arrays:
+        block = a.reshape(1) if a.ndim == 0 else a
+        shape = (n * block.shape[0], *block.shape[1:])
+        out.append(jax.make_array_from_single_device_arrays(shape, sharding, [block]))
+    return out
+
+
+def to_local(arrays: Sequence[jax.Array]) -> list[jax.Array]:
+    """This process's block of each global array (no copy)."""
+    return [a.addressable_shards[0].data for a in arrays]
+
+
+class ProcessBlocks:
+    """A program over the process mesh: ``wrap`` turns a function of this process's
+    values into a ``shard_map`` of global arrays, ``enter``/``leave`` convert the
+    arrays of a call. Every process runs the same program on its own blocks."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self._scalar_outputs: set[int] = set()
+
+    def wrap(
+        self, fn: Callable[..., list[Any]], specs: Sequence[jax.ShapeDtypeStruct]
+    ) -> tuple[Callable[..., list[Any]], list[jax.ShapeDtypeStruct]]:
+        """``fn`` (a function of arrays returning a list of arrays) and its ``specs``,
+        as a function of global arrays and their specs."""
+        n = self.mesh.size
+        scalar = [s.ndim == 0 for s in specs]
+
+        def body(*blocks: jax.Array) -> list[jax.Array]:
+            args = [b.reshape(()) if s else b for b, s in zip(blocks, scalar, strict=True)]
+            with process_mesh_trace(n):
+                outs = list(fn(*args))
+            self._scalar_outputs = {i for i, o in enumerate(outs) if o.ndim == 0}
+            return [o.reshape(1) if o.ndim == 0 else o for o in outs]
+
+        mapped = jax.shard_map(body, mesh=self.mesh, in_specs=P(AXIS), out_specs=P(AXIS))
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        global_specs = [
+            jax.ShapeDtypeStruct(
+                (n * (s.shape[0] if s.ndim else 1), *s.shape[1:]),
+                s.dtype,
+                weak_type=getattr(s, "weak_type", False),
+                sharding=sharding,
+            )
+            for s in specs
+        ]
+        return mapped, global_specs
+
+    def enter(self, arrays: Sequence[jax.Array]) -> list[jax.Array]:
+        return to_global(arrays, self.mesh)
+
+    def leave(self, arrays: Sequence[jax.Array]) -> list[jax.Array]:
+        local = to_local(arrays)
+        return [a.reshape(()) if i in self._scalar_outputs else a for i, a in enumerate(local)]
+
+
+_COLLECTIVES = "_c10d_functional"
+
+
+def is_collective(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is a ``_c10d_functional`` collective (not ``wait_tensor``)."""
+    target = node.target
+    return (
+        node.op == "call_function"
+        and isinstance(target, torch._ops.OpOverload)
+        and target.namespace == _COLLECTIVES
+        and target._schema.name != f"{_COLLECTIVES}::wait_tensor"
+    )
+
+
+def process_mesh(nodes: Iterable[torch.fx.Node]) -> Mesh | None:
+    """The process mesh the graph of ``nodes`` is traced over: that of its
+    collectives' ``tpu`` group when every collective's group spans every process;
+    ``None`` when it holds none, or one that cannot run as an XLA collective (which
+    then falls back, with the reason, when its support is checked)."""
+    groups = {node.args[-1] for node in nodes if is_collective(node)}
+    if not groups or any(isinstance(_group_size(g), str) for g in groups):
+        return None
+    import torch.distributed as dist
+
+    return dist.distributed_c10d._resolve_process_group(next(iter(groups))).mesh
 
 
 def _group_size(group_name: Any) -> int | str:
@@ -66,8 +165,9 @@ def _supported(group_name: Any) -> bool | str:
     if not n:
         return (
             "a collective in a compiled program needs the program traced over the process "
-            "mesh (one process per device), which this front end does not do yet; it runs "
-            "in eager PyTorch through the process group"
+            "mesh (one process per device), as torch.compile(backend='tpu') and compile_step "
+            "trace it; here (device mode, or under a strategy's own mesh) it runs in eager "
+            "PyTorch through the process group"
         )
     size = _group_size(group_name)
     if isinstance(size, str):
