@@ -126,6 +126,9 @@ def test_collectives_and_fsdp2_over_two_processes(tmp_path):
         # Compiled DDP and FSDP2 models train as one process on the whole batch.
         assert got["ddp_compiled_max_diff"] < 1e-5
         assert got["fsdp2_compiled_max_diff"] < 1e-5
+        # compile_step whose step all-reduces its own gradients (funcol).
+        _close(got["step_losses"], got["step_ref"])
+        assert got["step_max_diff"] < 1e-5
         # compile_step over the two processes' devices, each with half the batch.
         assert got["spmd_devices"] == 2
         _close(got["spmd_losses"], got["spmd_ref"])

@@ -300,6 +300,41 @@ for wrap in ("ddp", "fsdp2"):
         for a, b in zip(full, reference.parameters(), strict=True)
     )
 
+# compile_step with hand-written data parallelism: the gradients' all-reduces are in
+# the one compiled step, over the process mesh.
+torch.manual_seed(3)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+reference.load_state_dict(model.state_dict())
+opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05)
+
+
+def averaged_step(x):
+    loss = model(x).square().mean()
+    loss.backward()
+    for param in model.parameters():
+        param.grad = funcol.all_reduce(param.grad, "avg", dist.group.WORLD)
+    opt.step()
+    opt.zero_grad()
+    return funcol.all_reduce(loss.detach(), "avg", dist.group.WORLD)
+
+
+step = torchtpu.compile_step(averaged_step)
+step_losses, step_ref = [], []
+for _ in range(3):
+    step_losses.append(float(step(data[2 * r : 2 * r + 2])))
+    ref_loss = reference(data).square().mean()
+    ref_loss.backward()
+    ref_opt.step()
+    ref_opt.zero_grad()
+    step_ref.append(ref_loss.item())
+out["step_losses"], out["step_ref"] = step_losses, step_ref
+out["step_max_diff"] = max(
+    (p - q).abs().max().item()
+    for p, q in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
+)
+
 # The native SPMD path in the same job: compile_step over the mesh of both
 # processes' devices, each process giving its own rows of the global batch.
 torch.manual_seed(3)
