@@ -155,3 +155,23 @@ def test_tied_weights_stay_tied():
     assert model.head.weight is model.embed.weight
     assert isinstance(model.head.weight, torch.nn.Parameter)
     assert len(list(model.parameters())) == 1
+
+
+def test_a_freed_storage_holds_no_buffer_until_reallocated():
+    """FSDP2's free_storage/alloc_storage on tpu tensors: release drops the buffer (its
+    views too), reading says so, reallocate and a write make it usable again."""
+    from torchtpu.device.tensor import FreedError, handle, reallocate, release
+
+    base = torch.arange(6.0, device="tpu")
+    view = base.view(2, 3)
+    assert view.sum().item() == 15.0  # the view caches a value of its own
+    release(base)
+    release(view)
+    assert handle(base).st.value.array is None and handle(view).cv.array is None
+    with pytest.raises(FreedError, match=r"torch.float32\[2, 3\] \(a view of torch.float32\[6\]\)"):
+        view.cpu()
+    with pytest.raises(FreedError, match="after its storage was freed"):
+        (base + 1).cpu()
+    reallocate(base)
+    base.copy_(torch.ones(6))
+    assert view.cpu().tolist() == [[1.0] * 3] * 2

@@ -98,6 +98,10 @@ def test_collectives_and_fsdp2_over_two_processes(tmp_path):
         assert got["fsdp_shard_shape"] == [4, 4]
         _close(got["fsdp_losses"], got["ref_losses"])
         assert got["fsdp_max_diff"] < 1e-5
+        # Unsharded parameters are freed between uses (no full-size buffer is live).
+        assert got["fsdp_live_full_params"] == []
+        assert "after its storage was freed" in got["fsdp_unsharded_read"]
+        assert "torch.float32[8, 4]" in got["fsdp_unsharded_read"]
         # The tpu tensors went through XLA collectives, not a host round trip.
         assert "c10d allreduce over 2 processes" in got["programs"]
         assert "c10d reduce_scatter over 2 processes" in got["programs"]

@@ -46,6 +46,7 @@ from torchtpu.compile.fallback import fall_back
 from torchtpu.compile.sized import run_sized
 from torchtpu.device import lazy
 from torchtpu.device.lazy import SCALAR, TENSOR, Recipe, Value
+from torchtpu.errors import TorchTPUError
 from torchtpu.lower import checks
 from torchtpu.lower.custom import missing_reason
 from torchtpu.lower.dtypes import from_numpy, to_jax_dtype
@@ -118,17 +119,25 @@ def wrap(value: Value, st: Storage | None = None, chain: tuple = ()) -> torch.Te
 
 def read(t: torch.Tensor) -> Value:
     """The current value of ``t``, replaying its view chain if the base changed."""
-    return read_handle(handle(t))
+    try:
+        return read_handle(handle(t))
+    except FreedError as exc:
+        raise FreedError(exc.freed, t) from None
 
 
 def read_handle(h: Handle) -> Value:
     chain = h.chain
     if not chain:
-        return h.st.value
+        v = h.st.value
+        if type(v) is Freed:
+            raise FreedError(v)
+        return v
     st = h.st
+    v = h.cv if h.cver == st.version else st.value
+    if type(v) is Freed:
+        raise FreedError(v)
     if h.cver == st.version:
-        return h.cv
-    v = st.value
+        return v
     for step in chain:
         v = _apply_step(step, v)
     h.cv = v
@@ -154,6 +163,54 @@ def write(t: torch.Tensor, v: Value) -> None:
     st.version += 1
     h.cv = v
     h.cver = st.version
+
+
+class Freed(Value):
+    """The value of a storage whose buffer was freed (``storage.resize_(0)``): reading
+    it is an error until it is re-allocated and written."""
+
+    __slots__ = ()
+
+
+class FreedError(TorchTPUError):
+    """A tpu tensor was read while its storage was freed."""
+
+    def __init__(self, freed: Freed, t: torch.Tensor | None = None) -> None:
+        self.freed = freed
+        what = f"{freed.dtype}{list(freed.shape)}"
+        if t is not None and tuple(t.shape) != freed.shape:
+            what = f"{t.dtype}{list(t.shape)} (a view of {what})"
+        super().__init__(
+            f"a tpu tensor of {what} was read after its storage was freed "
+            "(storage.resize_(0), as FSDP2 frees unsharded parameters between uses) and "
+            "before it was re-allocated (resize_ to its size) and written"
+        )
+
+
+def release(t: torch.Tensor) -> None:
+    """Drop the device buffer behind ``t``'s storage, as ``storage.resize_(0)`` frees a
+    CUDA tensor's memory: its views (which share it) hold no value until
+    :func:`reallocate`. A view keeps the value it last read until it reads again, or
+    until it is released itself. Ops already recorded on the old value keep it until
+    they run."""
+    h = handle(t)
+    st = h.st
+    if type(st.value) is not Freed:
+        base = st.value
+        st.value = Freed(base.shape, base.dtype)
+        st.version += 1
+    h.cv = st.value
+    h.cver = st.version
+
+
+def reallocate(t: torch.Tensor) -> None:
+    """Give a freed storage a buffer again (``storage.resize_(nbytes)``): zeros, which
+    the writes that follow replace (device mode never exposes uninitialised memory)."""
+    st = handle(t).st
+    if type(st.value) is Freed:
+        shape, dtype = st.value.shape, st.value.dtype
+        st.value = Value(shape, dtype, _zeros(shape, dtype))
+        st.version += 1
 
 
 def device_array(t: torch.Tensor, reason: str) -> jax.Array:
@@ -1010,6 +1067,9 @@ _TWINS: dict[Any, Any] = {
 
 def new_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zero-filled tpu tensor."""
+    return wrap(Value(tuple(shape), dtype, _zeros(shape, dtype)))
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> jax.Array:
     with jax_scope() as dev:
-        array = jax.device_put(np.zeros(shape, to_jax_dtype(dtype)), dev)
-    return wrap(Value(tuple(shape), dtype, array))
+        return jax.device_put(np.zeros(shape, to_jax_dtype(dtype)), dev)

@@ -37,7 +37,14 @@ from jax.sharding import Mesh
 from torch._C._distributed_c10d import ReduceOp, _create_work_from_future
 
 from torchtpu.compile.program import CACHE, Program, compile_function
-from torchtpu.device.tensor import DEVICE_TYPE, device_array, is_tpu, set_device_array
+from torchtpu.device.tensor import (
+    DEVICE_TYPE,
+    device_array,
+    is_tpu,
+    reallocate,
+    release,
+    set_device_array,
+)
 from torchtpu.errors import CollectiveError, TorchTPUError
 from torchtpu.lower.ops.collective import ProcessBlocks
 from torchtpu.metrics import bump
@@ -532,9 +539,10 @@ _fsdp_patched = False
 def _fsdp2_storage_on_tpu() -> None:
     """FSDP2 frees and re-allocates unsharded parameters with ``storage.resize_``,
     which a tpu tensor's storage (empty; the value is a device buffer) cannot do:
-    torch 2.13 lets only a C++ backend implement resizing. On tpu tensors the two
-    are skipped, so the unsharded parameters stay resident between uses (FSDP2 is
-    correct, but saves no memory on them yet); other devices keep FSDP2's own."""
+    torch 2.13 lets only a C++ backend implement resizing. On tpu tensors FSDP2's
+    two helpers drop and re-make the device buffer instead (``release`` and
+    ``reallocate``), so between uses an unsharded parameter holds no memory, as on
+    CUDA; other devices keep FSDP2's own."""
     global _fsdp_patched
     if _fsdp_patched:
         return
@@ -544,15 +552,30 @@ def _fsdp2_storage_on_tpu() -> None:
     alloc, free = _fsdp_param.alloc_storage, _fsdp_param.free_storage
 
     def alloc_storage(tensor: torch.Tensor) -> None:
-        if tensor.device.type != DEVICE_TYPE:
+        if tensor.device.type == DEVICE_TYPE:
+            reallocate(tensor)
+        else:
             alloc(tensor)
 
     def free_storage(tensor: torch.Tensor) -> None:
-        if tensor.device.type != DEVICE_TYPE:
+        if tensor.device.type == DEVICE_TYPE:
+            release(tensor)
+        else:
             free(tensor)
+
+    # On CUDA the unsharded parameter is a view sharing the all-gather output's memory;
+    # a tpu view caches the value it last read, so it is released too.
+    free_unsharded = _fsdp_param.FSDPParam.free_unsharded_param
+
+    def free_unsharded_param(self: Any) -> None:
+        free_unsharded(self)
+        param = getattr(self, "_unsharded_param", None)
+        if param is not None and is_tpu(param):
+            release(param)
 
     _fsdp_param.alloc_storage = _fsdp_param_group.alloc_storage = alloc_storage
     _fsdp_param.free_storage = free_storage
+    _fsdp_param.FSDPParam.free_unsharded_param = free_unsharded_param
 
 
 def _create(options: Any, backend_options: Any) -> ProcessGroupTPU:

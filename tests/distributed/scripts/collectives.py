@@ -205,6 +205,19 @@ for _ in range(3):
     ref_losses.append(ref_loss.item())
 out["fsdp_shard_shape"] = list(model[0].weight.to_local().shape)
 out["fsdp_losses"] = fsdp_losses
+# Between steps the unsharded parameters hold no device memory, as on CUDA: no live
+# buffer has a whole weight's shape, and reading one says it was freed.
+torchtpu.sync()
+full_shapes = {tuple(q.shape) for q in reference.parameters() if q.dim() == 2}
+out["fsdp_live_full_params"] = sorted(
+    {tuple(a.shape) for a in jax.live_arrays()} & full_shapes, key=str
+)
+unsharded = model[0]._get_fsdp_state()._fsdp_param_group.fsdp_params[0]._unsharded_param
+try:
+    unsharded.cpu()
+    out["fsdp_unsharded_read"] = "no error"
+except Exception as exc:  # noqa: BLE001 - the test reads the message
+    out["fsdp_unsharded_read"] = f"{type(exc).__name__}: {exc}"
 out["ref_losses"] = ref_losses
 out["fsdp_max_diff"] = max(
     (p.full_tensor().cpu() - q).abs().max().item()
