@@ -17,6 +17,12 @@ directory that is committed by a rename (see :mod:`torchtpu.checkpoint.store`
 for the protocol and what loading verifies). :class:`Manager` numbers
 checkpoints by step, writes them in the background and keeps the last few.
 
+In a job of several processes (torchrun with ``jax.distributed``, a TPU pod),
+a state holding arrays split across processes is saved by every process
+together: each writes only the shards it owns, process 0 commits, and loading
+reads only the slices each process's shards need, onto any mesh (see
+:mod:`torchtpu.checkpoint.sharded`). Every process must call ``save`` then.
+
 Files written by ``torch.save`` are read by :func:`load_torch_file`, with
 ``weights_only=True`` only.
 """
@@ -33,8 +39,8 @@ import jax
 import numpy as np
 import torch
 
-from torchtpu.checkpoint import store
-from torchtpu.checkpoint.tree import Snapshot, decode, encode
+from torchtpu.checkpoint import sharded, store
+from torchtpu.checkpoint.tree import Snapshot, Split, decode, encode
 from torchtpu.errors import CheckpointError, CheckpointIntegrityError
 from torchtpu.metrics import bump
 
@@ -54,9 +60,13 @@ RNG = "__rng__"
 # --- the state, taken apart and put back ----------------------------------------------
 
 
-def snapshot(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
-    """The tree and host tensors of ``state`` now: the part of a save that must block
-    (device-to-host copies, and copies of CPU tensors training will change)."""
+Files = dict[str, dict[str, torch.Tensor]]
+
+
+def snapshot(state: Mapping[str, Any]) -> tuple[dict[str, Any], Files, dict[str, dict[str, Split]]]:
+    """The tree, host tensors and split arrays' own shards of ``state`` now: the part
+    of a save that must block (device-to-host copies, and copies of CPU tensors
+    training will change)."""
     if RNG in state:
         raise CheckpointError(f"state entry name {RNG!r} is reserved for the RNG state")
     entries: dict[str, Any] = {}
@@ -78,9 +88,13 @@ def snapshot(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[s
             "file": store.file_name(name),
             "tree": encode(value, name, snap),
         }
-    files = {}
+    files, splits = {}, {}
     for name, snap in snaps.items():
         tensors = snap.finish()
+        if snap.split:
+            splits[name] = snap.split
+            pieces = [t for split in snap.split.values() for _, t in split.pieces]
+            bump("checkpoint_bytes", sum(t.numel() * t.element_size() for t in pieces))
         if not tensors:
             entries[name]["file"] = None
             continue
@@ -89,7 +103,23 @@ def snapshot(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[s
     names = [e["file"] for e in entries.values() if e["file"]]
     if len(set(names)) != len(names):
         raise CheckpointError(f"state entry names {sorted(entries)} map to clashing file names")
-    return {"format": store.FORMAT, "entries": entries}, files
+    return {"format": store.FORMAT, "entries": entries}, files, splits
+
+
+def _peers(directory: Path, splits: dict[str, Any]) -> store.Peers | None:
+    """The job's processes when ``state`` has arrays split across them (all of them
+    then save together), else ``None`` (this process saves alone)."""
+    return store.Peers(directory) if splits else None
+
+
+def _write(
+    directory: Path, tree: dict[str, Any], files: Files, splits: dict, peers: store.Peers | None
+) -> None:
+    if peers is None:
+        store.write(directory, tree, files)
+        return
+    tree, files, part = sharded.local_part(tree, files, splits, RNG, peers.index, peers.count)
+    store.write_together(directory, tree, files, part, sharded.merge, peers)
 
 
 def _stateful(obj: Any) -> bool:
@@ -104,8 +134,12 @@ def restore(
     *,
     restore_rng: bool = True,
     strict: bool = True,
+    manifest: dict[str, Any] | None = None,
 ) -> MutableMapping[str, Any]:
-    """Put a verified checkpoint's values into ``state`` (see :func:`load`)."""
+    """Put a verified checkpoint's values into ``state`` (see :func:`load`).
+
+    ``manifest``: the checkpoint was verified without its files' hashes (but
+    tree.json's); the files this process reads are hashed before any is used."""
     tree = store.read_tree(directory)
     entries = tree.get("entries", {})
     saved = set(entries) - {RNG}
@@ -116,10 +150,37 @@ def restore(
             f"checkpoint {missing}, entries the state lacks {unexpected}. Pass strict=False "
             "to restore only the entries both have."
         )
-    for name in [n for n in entries if n in state or n == RNG]:
+    names = [n for n in entries if n in state or n == RNG]
+    for name in names:
+        if "processes" in entries[name]:  # the RNG state of each process that saved
+            saved = entries[name]["processes"]
+            mine = jax.process_index()
+            entries[name] = {**entries[name], **saved[mine if mine < len(saved) else 0]}
+    readers = {
+        name: sharded.Reader(
+            directory,
+            name,
+            entries[name].get("shards") or {},
+            sharded.likes(
+                entries[name]["tree"], sharded.targets(entries[name]["kind"], state.get(name))
+            ),
+        )
+        for name in names
+        # In a job of several processes, host tensors too go onto split targets.
+        if entries[name].get("shards") or (jax.process_count() > 1 and entries[name]["tree"])
+    }
+    if manifest is not None:
+        needed = {entries[n]["file"] for n in names if entries[n]["file"]}
+        needed.update(*(reader.files() for reader in readers.values()))
+        store.check_hashes(directory, manifest, needed - {store.TREE})
+    for name in names:
         entry = entries[name]
         tensors = store.read_tensors(directory, entry["file"]) if entry["file"] else {}
-        value = decode(entry["tree"], tensors, name)
+        if name in readers:
+            with readers[name].open(tensors) as split:
+                value = decode(entry["tree"], split, name)
+        else:
+            value = decode(entry["tree"], tensors, name)
         if entry["kind"] == "rng":
             if restore_rng:
                 set_rng_state(value)
@@ -148,6 +209,8 @@ def _into(target: Any, value: Any, path: str) -> Any:
         with torch.no_grad():
             target.copy_(value)
         return target
+    if isinstance(target, jax.Array) and isinstance(value, jax.Array):  # built in place
+        return value if value.dtype == target.dtype else value.astype(target.dtype)
     if isinstance(target, jax.Array) and isinstance(value, torch.Tensor):
         from torchtpu.lower.dtypes import to_numpy
 
@@ -217,10 +280,11 @@ def save(directory: str | Path, state: Mapping[str, Any]) -> Path:
 
         torchtpu.checkpoint.save("ckpt/step_100", {"model": model, "optim": opt, "step": 100})
     """
-    tree, files = snapshot(state)
-    store.write(Path(directory), tree, files)
+    directory = Path(directory)
+    tree, files, splits = snapshot(state)
+    _write(directory, tree, files, splits, _peers(directory, splits))
     bump("checkpoint_saves")
-    return Path(directory)
+    return directory
 
 
 def load(
@@ -245,8 +309,12 @@ def load(
         start = state["step"]
     """
     directory = Path(directory)
-    store.verify(directory)
-    return restore(directory, state, restore_rng=restore_rng, strict=strict)
+    if jax.process_count() == 1:
+        store.verify(directory)
+        return restore(directory, state, restore_rng=restore_rng, strict=strict)
+    # Each process hashes only the files it reads, not the whole checkpoint.
+    manifest = store.verify(directory, hashed=lambda name: name == store.TREE)
+    return restore(directory, state, restore_rng=restore_rng, strict=strict, manifest=manifest)
 
 
 def verify(directory: str | Path) -> None:
@@ -300,7 +368,12 @@ class Manager:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.root.mkdir(parents=True, exist_ok=True)
-        store.clean_stale(self.root)
+        # In a job of several processes sharing ``root``, process 0 alone cleans and
+        # deletes: another's cleaning could not tell process 0's live writer (whose
+        # pid is on another host) from a dead one.
+        self._owner = jax.process_index() == 0
+        if self._owner:
+            store.clean_stale(self.root)
 
     def directory(self, step: int) -> Path:
         return self.root / f"step_{int(step)}"
@@ -326,26 +399,28 @@ class Manager:
         """Checkpoint ``state`` as step ``step``; returns the directory it commits to."""
         self.wait()
         directory = self.directory(step)
-        tree, files = snapshot(state)
+        tree, files, splits = snapshot(state)
+        # Made here, in call order, so every process's n-th save is the same one.
+        args = (directory, tree, files, splits, _peers(directory, splits))
         if not self.async_save:
-            self._write(directory, tree, files)
+            self._write(*args)
             return directory
         self._thread = threading.Thread(
-            target=self._background, args=(directory, tree, files), name="torchtpu-checkpoint"
+            target=self._background, args=args, name="torchtpu-checkpoint"
         )
         self._thread.start()
         return directory
 
-    def _background(self, directory: Path, tree: Any, files: Any) -> None:
+    def _background(self, *args: Any) -> None:
         try:
-            self._write(directory, tree, files)
+            self._write(*args)
         except BaseException as e:  # re-raised on the caller's thread by wait()
             self._error = e
 
-    def _write(self, directory: Path, tree: Any, files: Any) -> None:
-        store.write(directory, tree, files)
+    def _write(self, directory: Path, *args: Any) -> None:
+        _write(directory, *args)
         bump("checkpoint_saves")
-        if self.keep is not None:
+        if self.keep is not None and self._owner:
             for old in self.steps()[: -self.keep]:
                 store.remove(self.directory(old))
 

@@ -18,15 +18,28 @@ and hash, and no other file may be present. Tensors are read with safetensors
 and structure with ``json``: nothing is unpickled, so loading runs no code. The
 hashes guard against corruption and mistakes, not against someone who rewrites
 the manifest on purpose (that needs signatures).
+
+Several processes holding parts of one state write one checkpoint together
+(:func:`write_together`): process 0 makes the temporary directory and tells the
+others its name, each process writes its own files into it (its shards, named
+``<entry>.p<process>.safetensors``), tells process 0 their hashes, and process 0
+writes the tree and the manifest and renames. The others return once process 0
+says it committed. They talk through JAX's distributed key-value store
+(:class:`Peers`), not through device collectives, so a save in a background
+thread cannot interleave with a training step's collectives. Such a checkpoint's
+manifest has version 2; a checkpoint written by one process keeps version 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +54,14 @@ from torchtpu.serving.format import file_sha256  # one file hash for artifacts a
 
 FORMAT = "torchtpu-checkpoint"
 VERSION = 1
+SHARDED_VERSION = 2  # written by several processes, each its own shards (write_together)
 MANIFEST = "manifest.json"
 TREE = "tree.json"
 _TMP = ".tmp-"
 _TRASH = ".trash-"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_FAILED = "failed: "
+PEER_TIMEOUT_S = 1800.0  # how long a process of a save together waits for another
 
 
 def reached(point: str) -> None:
@@ -53,10 +69,11 @@ def reached(point: str) -> None:
     tests replace it to kill the writer there."""
 
 
-def file_name(entry: str) -> str:
-    """The safetensors file of state entry ``entry``."""
+def file_name(entry: str, process: int | None = None) -> str:
+    """The safetensors file of state entry ``entry``; with ``process``, the file of
+    that process's shards of it."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", entry).lstrip(".") or "entry"
-    return f"{safe}.safetensors"
+    return f"{safe}.safetensors" if process is None else f"{safe}.p{process}.safetensors"
 
 
 # --- writing --------------------------------------------------------------------
@@ -66,6 +83,90 @@ def write(directory: Path, tree: dict[str, Any], files: dict[str, dict[str, torc
     """Write a checkpoint to ``directory`` atomically: ``tree`` to tree.json, and each
     ``files[name]`` (tensors by key) to safetensors file ``name``."""
     directory = Path(directory)
+    tmp = _begin(directory)
+    try:
+        listed = _write_files(tmp, files)
+        reached("arrays")
+        _commit(tmp, directory, tree, listed, VERSION)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    reached("renamed")
+    _fsync_dir(directory.parent)
+
+
+def write_together(
+    directory: Path,
+    tree: dict[str, Any],
+    files: dict[str, dict[str, torch.Tensor]],
+    part: Any,
+    merge: Callable[[dict[str, Any], list[Any]], dict[str, Any]],
+    peers: Peers,
+) -> None:
+    """Write one checkpoint from every process of a job, atomically; each process
+    calls it with its own ``files`` and ``part`` (JSON-able: what process 0 needs to
+    know of them). Process 0 writes ``merge(tree, parts)`` (its ``tree``, the parts
+    in process order) once all processes wrote their files, and commits. A process
+    that fails or dies before then leaves no checkpoint, and the others raise."""
+    directory = Path(directory)
+    me = peers.index
+    if me == 0:
+        try:
+            tmp = _begin(directory)
+        except BaseException as e:
+            peers.tell("tmp", None, e)
+            raise
+        peers.tell("tmp", tmp.name)
+    else:
+        tmp = directory.parent / peers.hear("tmp", 0, "start the save")
+    try:
+        listed = _write_files(tmp, files)
+        reached("arrays")
+    except BaseException as e:
+        peers.tell(f"written/{me}" if me else "committed", None, e, f"writing {_contents(files)}")
+        if me == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if me != 0:
+        peers.tell(f"written/{me}", json.dumps({"files": listed, "part": part}))
+        peers.hear("committed", 0, "commit the checkpoint")
+        return
+    try:
+        parts = [part]
+        for k in range(1, peers.count):
+            written = json.loads(peers.hear(f"written/{k}", k, "write its files"))
+            clash = sorted(set(written["files"]) & set(listed))
+            if clash:
+                raise CheckpointError(
+                    f"process {k} wrote {clash} into checkpoint {directory}, which another "
+                    "process wrote too; each process writes only its own files"
+                )
+            listed.update(written["files"])
+            parts.append(written["part"])
+        _commit(tmp, directory, merge(tree, parts), listed, SHARDED_VERSION)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        peers.tell("committed", None, e)
+        raise
+    reached("renamed")
+    _fsync_dir(directory.parent)
+    peers.tell("committed", "ok")
+
+
+def _contents(files: dict[str, dict[str, torch.Tensor]], most: int = 4) -> str:
+    """``files`` in a few words, for an error: each file and its first tensors."""
+    said = []
+    for name, tensors in files.items():
+        items = [
+            f"{k} {str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for k, t in tensors.items()
+        ]
+        more = f", ... {len(items) - most} more" if len(items) > most else ""
+        said.append(f"{name}: {', '.join(items[:most])}{more}")
+    return "; ".join(said) or "no files"
+
+
+def _begin(directory: Path) -> Path:
+    """A new temporary directory beside ``directory``, which must not exist."""
     if directory.exists():
         raise CheckpointError(
             f"checkpoint directory {directory} already exists: a checkpoint is never "
@@ -75,28 +176,95 @@ def write(directory: Path, tree: dict[str, Any], files: dict[str, dict[str, torc
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f"{_TMP}{directory.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    try:
-        listed: dict[str, dict[str, Any]] = {}
-        for name, tensors in files.items():
-            save_file(tensors, str(tmp / name), metadata={"format": FORMAT})
-            listed[name] = _fsync_and_hash(tmp / name)
-        reached("arrays")
-        _write_json(tmp / TREE, tree)
-        listed[TREE] = _fsync_and_hash(tmp / TREE)
-        _write_json(tmp / MANIFEST, _manifest(listed))
-        _fsync_and_hash(tmp / MANIFEST)
-        _fsync_dir(tmp)
-        reached("manifest")
-        os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    reached("renamed")
-    _fsync_dir(directory.parent)
+    return tmp
 
 
-def _manifest(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    body = {"format": FORMAT, "version": VERSION, "files": dict(sorted(files.items()))}
+def _write_files(tmp: Path, files: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    listed: dict[str, dict[str, Any]] = {}
+    for name, tensors in files.items():
+        save_file(tensors, str(tmp / name), metadata={"format": FORMAT})
+        listed[name] = _fsync_and_hash(tmp / name)
+    return listed
+
+
+def _commit(
+    tmp: Path, directory: Path, tree: dict[str, Any], listed: dict[str, Any], version: int
+) -> None:
+    """The tree, then the manifest, then the rename: the checkpoint exists from here."""
+    _write_json(tmp / TREE, tree)
+    listed[TREE] = _fsync_and_hash(tmp / TREE)
+    _write_json(tmp / MANIFEST, _manifest(listed, version))
+    _fsync_and_hash(tmp / MANIFEST)
+    _fsync_dir(tmp)
+    reached("manifest")
+    os.rename(tmp, directory)
+
+
+class Peers:
+    """The processes of a job saving one checkpoint together, talking through JAX's
+    distributed key-value store (``jax.distributed``, which every job of several
+    processes has started). Every process must make its ``Peers`` for the same
+    saves in the same order: the n-th save of each process is one checkpoint.
+
+    ``tell(what, value)`` publishes this process's ``value`` (or its error) under
+    ``what``; ``hear(what, k, doing)`` waits for process ``k``'s, raising
+    :class:`CheckpointError` with its error, or when it did not come within
+    ``timeout`` seconds (a process that died, or one that did not call ``save``)."""
+
+    _saves = itertools.count()
+    _lock = threading.Lock()
+
+    def __init__(self, directory: Path, timeout: float = PEER_TIMEOUT_S) -> None:
+        import jax
+        from jax._src import distributed
+
+        self.client = distributed.global_state.client
+        self.index, self.count = jax.process_index(), jax.process_count()
+        if self.client is None:
+            raise CheckpointError(
+                f"checkpoint {directory}: this job has {self.count} processes but no "
+                "jax.distributed client; start the job with torchrun (see docs/distributed.md)"
+            )
+        with Peers._lock:
+            n = next(Peers._saves)
+        self.directory = Path(directory)
+        self.prefix = f"torchtpu/checkpoint/{n}/{self.directory.name}"
+        self.timeout = timeout
+
+    def tell(
+        self, what: str, value: str | None, error: BaseException | None = None, doing: str = ""
+    ) -> None:
+        if error is None:
+            self.client.key_value_set(f"{self.prefix}/{what}", value)
+            return
+        # Best effort: the error being reported is the one the caller raises.
+        with contextlib.suppress(Exception):
+            message = f"{type(error).__name__}: {error}" + (f" ({doing})" if doing else "")
+            self.client.key_value_set(f"{self.prefix}/{what}", _FAILED + message)
+
+    def hear(self, what: str, process: int, doing: str) -> str:
+        key = f"{self.prefix}/{what}"
+        try:
+            value = self.client.blocking_key_value_get(key, int(self.timeout * 1000))
+        except Exception as e:  # jax raises its runtime error for a timeout or a dead peer
+            first = (str(e).splitlines() or [""])[0]
+            raise CheckpointError(
+                f"checkpoint {self.directory}: process {process} did not {doing} within "
+                f"{self.timeout:g} s ({type(e).__name__}: {first}); every process of the job "
+                f"must call save for the same checkpoint. Process {self.index} gives up on it."
+            ) from e
+        if process != self.index and what.startswith("written/"):
+            self.client.key_value_delete(key)
+        if value.startswith(_FAILED):
+            raise CheckpointError(
+                f"checkpoint {self.directory}: process {process} failed to {doing}, so "
+                f"nothing was committed: {value[len(_FAILED) :]}"
+            )
+        return value
+
+
+def _manifest(files: dict[str, dict[str, Any]], version: int = VERSION) -> dict[str, Any]:
+    body = {"format": FORMAT, "version": version, "files": dict(sorted(files.items()))}
     return {**body, "manifest_sha256": _digest(body)}
 
 
@@ -166,9 +334,12 @@ def _alive(pid: int) -> bool:
 # --- reading --------------------------------------------------------------------
 
 
-def verify(directory: Path) -> dict[str, Any]:
+def verify(directory: Path, hashed: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """Check ``directory`` against its manifest; the manifest, or
-    :class:`CheckpointIntegrityError` naming the first file that does not match."""
+    :class:`CheckpointIntegrityError` naming the first file that does not match.
+
+    ``hashed(name)``: whether a listed file's SHA-256 is checked now (every file's by
+    default; the others get their size checked, and :func:`check_hashes` later)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoint at {directory}: not a directory")
@@ -182,11 +353,8 @@ def verify(directory: Path) -> dict[str, Any]:
                 f"checkpoint file {path} is {size} bytes, the manifest says {meta.get('bytes')}"
                 " (truncated or changed); the checkpoint is not used"
             )
-        if file_sha256(path) != meta.get("sha256"):
-            raise CheckpointIntegrityError(
-                f"checkpoint file {path} does not match its SHA-256 in the manifest "
-                "(its contents changed); the checkpoint is not used"
-            )
+        if hashed is None or hashed(name):
+            _check_hash(path, meta)
     for path in directory.iterdir():
         if path.name != MANIFEST and path.name not in files:
             raise CheckpointIntegrityError(
@@ -198,6 +366,24 @@ def verify(directory: Path) -> dict[str, Any]:
             f"checkpoint manifest {directory / MANIFEST} lists no {TREE}"
         )
     return manifest
+
+
+def check_hashes(directory: Path, manifest: dict[str, Any], names: set[str]) -> None:
+    """Check the SHA-256 of listed files ``names`` (which :func:`verify` left out)."""
+    for name in sorted(names):
+        if name not in manifest["files"]:
+            raise CheckpointIntegrityError(
+                f"checkpoint {directory} refers to {name}, which its manifest does not list"
+            )
+        _check_hash(_listed_file(directory, name), manifest["files"][name])
+
+
+def _check_hash(path: Path, meta: dict[str, Any]) -> None:
+    if file_sha256(path) != meta.get("sha256"):
+        raise CheckpointIntegrityError(
+            f"checkpoint file {path} does not match its SHA-256 in the manifest "
+            "(its contents changed); the checkpoint is not used"
+        )
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -213,10 +399,10 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointIntegrityError(f"checkpoint manifest {path} is not valid JSON: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointIntegrityError(f"{path} is not a torchtpu checkpoint manifest")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in (VERSION, SHARDED_VERSION):
         raise CheckpointError(
             f"{path} has checkpoint format version {manifest.get('version')}; this torchtpu "
-            f"reads version {VERSION}"
+            f"reads versions {VERSION} and {SHARDED_VERSION}"
         )
     recorded = manifest.pop("manifest_sha256", None)
     if recorded != _digest(manifest) or not isinstance(manifest.get("files"), dict):

@@ -10,11 +10,14 @@ survive. Nothing here is pickled, so reading a tree runs no code.
 
 Host copies are taken once per buffer: a tied weight appears twice in a model's
 ``state_dict`` but is stored once, and a tpu tensor's copies are all started
-before the first is waited for.
+before the first is waited for. An array split across processes (not fully
+addressable) is never gathered: the snapshot keeps only the shards this process
+owns (:class:`Split`), which :mod:`torchtpu.checkpoint.sharded` writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -24,24 +27,48 @@ import torch
 
 from torchtpu.errors import CheckpointError
 from torchtpu.lower import checks
-from torchtpu.lower.dtypes import from_numpy
+from torchtpu.lower.dtypes import from_numpy, to_torch_dtype
 
 _DTYPES = {
     str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)
 }
 
 
+Bounds = tuple[tuple[int, int], ...]  # [start, stop) in each dimension
+
+
+@dataclasses.dataclass
+class Split:
+    """An array split across processes, as this process saves it: the global shape,
+    torch dtype and sharding, and the shards it owns (``replica_id == 0``) with
+    their global bounds. Another process owns the rest."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    sharding: str
+    pieces: list[tuple[Bounds, torch.Tensor]]
+
+
+def bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> Bounds:
+    """A shard's ``index`` (slices, as ``jax.Array.addressable_shards`` gives them)
+    as ``((start, stop), ...)`` in each dimension of ``shape``."""
+    return tuple(sl.indices(n)[:2] for sl, n in zip(index, shape, strict=True))
+
+
 class Snapshot:
     """Host copies of a state's tensors, gathered while it is encoded.
 
     ``add(tensor, path)`` returns the key the tensor is stored under; device values
-    are copied to the host asynchronously and waited for in :meth:`finish`."""
+    are copied to the host asynchronously and waited for in :meth:`finish`.
+    Arrays split across processes end in :attr:`split`, as this process's shards."""
 
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
+        self.split: dict[str, Split] = {}
         self._seen: dict[Any, str] = {}
         self._keys: set[str] = set()
         self._pending: list[tuple[str, jax.Array, torch.dtype]] = []
+        self._pending_split: list[tuple[str, jax.Array, torch.dtype | None, list]] = []
 
     def add(self, value: torch.Tensor | jax.Array, path: str) -> str:
         from torchtpu.device.tensor import device_array, is_tpu
@@ -73,8 +100,14 @@ class Snapshot:
     ) -> str:
         if identity in self._seen:
             return self._seen[identity]
-        array.copy_to_host_async()
-        self._pending.append((path, array, dtype))
+        if array.is_fully_addressable:
+            array.copy_to_host_async()
+            self._pending.append((path, array, dtype))
+        else:  # only the shards this process owns; the others write the rest
+            owned = [s for s in array.addressable_shards if s.replica_id == 0]
+            for shard in owned:
+                shard.data.copy_to_host_async()
+            self._pending_split.append((path, array, dtype, owned))
         self._seen[identity] = path
         return path
 
@@ -84,6 +117,15 @@ class Snapshot:
             host = from_numpy(np.array(array, copy=True))
             self.tensors[path] = host if dtype is None else host.to(dtype)
         self._pending.clear()
+        for path, array, dtype, owned in self._pending_split:
+            dtype = dtype or to_torch_dtype(array.dtype)
+            shape = tuple(array.shape)
+            pieces = [
+                (bounds(s.index, shape), from_numpy(np.array(s.data, copy=True)).to(dtype))
+                for s in owned
+            ]
+            self.split[path] = Split(shape, dtype, _sharding_text(array), pieces)
+        self._pending_split.clear()
         checks.raise_pending()  # an index out of range in the step that made these values
         return self.tensors
 
