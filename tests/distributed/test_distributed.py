@@ -137,6 +137,10 @@ def test_collectives_and_fsdp2_over_two_processes(tmp_path):
         assert got["spmd_devices"] == 2
         _close(got["spmd_losses"], got["spmd_ref"])
         assert got["spmd_max_diff"] < 1e-5
+        # The same with the model moved to tpu first.
+        assert got["spmd_tpu_devices"] == 2
+        _close(got["spmd_tpu_losses"], got["spmd_tpu_ref"])
+        assert got["spmd_tpu_max_diff"] < 1e-5
 
 
 def test_a_dead_process_stops_the_others(tmp_path):

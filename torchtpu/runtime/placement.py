@@ -53,7 +53,17 @@ def onto_mesh(value: Any, mesh: Mesh) -> jax.Array:
             return value
         bump("reshards")
     host = value if isinstance(value, jax.Array) else np.asarray(value)
-    return jax.device_put(host, replicated(mesh))
+    return put(host, replicated(mesh))
+
+
+def put(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``value`` (a device array or host data) placed by ``sharding``. A sharding that
+    spans several processes takes each process's own copy of the whole value (every
+    process holds the same one, as a model built from one seed does) and keeps the
+    pieces its devices own, sliced on the device."""
+    if sharding.is_fully_addressable or not isinstance(value, jax.Array):
+        return jax.device_put(value, sharding)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def sharding_key(value: Any) -> Any:

@@ -28,6 +28,7 @@ import torch
 from torchtpu.device.tensor import device_array, from_array, is_tpu, set_device_array
 from torchtpu.lower.dtypes import from_numpy, to_jax_dtype, to_numpy, to_torch_dtype
 from torchtpu.metrics import bump
+from torchtpu.runtime.placement import put
 from torchtpu.runtime.transfer import host_copy
 
 Key = tuple
@@ -149,7 +150,7 @@ class StateStore:
         array = device_array(t, "compiled_input")
         if sharding is not None and array.sharding != sharding:
             bump("reshards")
-            set_device_array(t, jax.device_put(array, sharding))
+            set_device_array(t, put(array, sharding))
 
     # --- after a step -----------------------------------------------------------
 
@@ -194,6 +195,6 @@ def _upload_owned(t: torch.Tensor, dtype: torch.dtype, where: Any) -> jax.Array:
     if is_tpu(t):
         array = device_array(t, "compiled_input").astype(to_jax_dtype(dtype))
         if isinstance(where, jax.sharding.Sharding) and array.sharding != where:
-            array = jax.device_put(array, where)
+            array = put(array, where)
         return array
     return jax.device_put(to_numpy(t.detach().to(dtype)).copy(), where)

@@ -349,38 +349,40 @@ out["step_max_diff"] = max(
 )
 
 # The native SPMD path in the same job: compile_step over the mesh of both
-# processes' devices, each process giving its own rows of the global batch.
-torch.manual_seed(3)
-model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-reference.load_state_dict(model.state_dict())
-opt = torch.optim.AdamW(model.parameters(), lr=0.05)
-ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05)
+# processes' devices, each process giving its own rows of the global batch; a model
+# on the CPU, and one moved to tpu first (each process's copy is put onto the mesh).
+for where in ("cpu", "tpu"):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    reference.load_state_dict(model.state_dict())
+    model.to(where)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05)
 
+    def spmd_step(x, model=model, opt=opt):
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
 
-def spmd_step(x):
-    loss = model(x).square().mean()
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
-    return loss
-
-
-step = torchtpu.compile_step(spmd_step, strategy=torchtpu.FSDP())
-spmd_losses, spmd_ref = [], []
-for _ in range(3):
-    spmd_losses.append(float(step(data[2 * r : 2 * r + 2])))
-    ref_loss = reference(data).square().mean()
-    ref_loss.backward()
-    ref_opt.step()
-    ref_opt.zero_grad()
-    spmd_ref.append(ref_loss.item())
-out["spmd_losses"], out["spmd_ref"] = spmd_losses, spmd_ref
-out["spmd_devices"] = step.strategy.mesh.devices.size
-out["spmd_max_diff"] = max(
-    (p - q).abs().max().item()
-    for p, q in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
-)
+    step = torchtpu.compile_step(spmd_step, strategy=torchtpu.FSDP())
+    spmd_losses, spmd_ref = [], []
+    for _ in range(3):
+        spmd_losses.append(float(step(data[2 * r : 2 * r + 2].to(where))))
+        ref_loss = reference(data).square().mean()
+        ref_loss.backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        spmd_ref.append(ref_loss.item())
+    key = "spmd" if where == "cpu" else "spmd_tpu"
+    out[f"{key}_losses"], out[f"{key}_ref"] = spmd_losses, spmd_ref
+    out[f"{key}_devices"] = step.strategy.mesh.devices.size
+    out[f"{key}_max_diff"] = max(
+        (p.cpu() - q).abs().max().item()
+        for p, q in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
+    )
 
 out["programs"] = sorted({p.name for p in programs() if p.name.startswith("c10d")})
 out["fallbacks"] = dict(torchtpu.metrics()["fallbacks"])
