@@ -200,31 +200,47 @@ def _checkpoint() -> dict:
 
 
 def _torch_compile() -> dict:
-    """torch.compile(options={"strategy": s}) of a CPU model against eager: losses
-    and the layout of the forward program's first weight."""
+    """torch.compile(options={"strategy": s}) against eager: losses and the layout of
+    the forward program's first weight, for a CPU model; and for a model on tpu
+    ("fsdp_tpu"), trained with AdamW in device mode, where its parameters and
+    optimizer state live."""
+    from torchtpu.device.tensor import device_array
+
     base, x = _mlp(), torch.randn(32, 64)
     out: dict = {}
-    for key in ["eager", "dp", "fsdp"]:
+    for key in ["eager", "dp", "fsdp", "eager_adam", "fsdp_tpu"]:
         model = copy.deepcopy(base)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        on_tpu = key == "fsdp_tpu"
+        if on_tpu:
+            model.to("tpu")
+        adam = key in ("eager_adam", "fsdp_tpu")
+        opt_cls = torch.optim.AdamW if adam else torch.optim.SGD
+        opt = opt_cls(model.parameters(), lr=0.01 if adam else 0.1)
         run = model
-        if key != "eager":
+        if not key.startswith("eager"):
             torch._dynamo.reset()
             torchtpu.clear_program_cache()
-            options = {"strategy": STRATEGIES[key]()}
+            options = {"strategy": STRATEGIES[key.removesuffix("_tpu")]()}
             run = torch.compile(model, backend="tpu", options=options)
         losses = []
         for _ in range(3):
-            loss = run(x).square().mean()
+            loss = run(x.to("tpu") if on_tpu else x).square().mean()
             loss.backward()
             opt.step()
             opt.zero_grad()
             losses.append(loss.item())
         out[key] = {"losses": losses}
-        if key != "eager":
+        if not key.startswith("eager"):
             forward = [p for p in torchtpu.compile.programs() if p.name == "forward"][-1]
             shardings = forward.compiled.input_shardings[0]
             out[key]["first_input_spec"] = str(shardings[0].spec)
+        if on_tpu:
+            weight = next(model.parameters())
+            state = opt.state[weight]
+            out[key]["held_specs"] = [
+                str(device_array(t, "test").sharding.spec)
+                for t in (weight, state["exp_avg"], state["exp_avg_sq"])
+            ]
     return out
 
 

@@ -128,6 +128,12 @@ def test_torch_compile_with_a_strategy(checks):
             assert _close(a, b, 1e-5), (key, runs)
     assert runs["dp"]["first_input_spec"] == "P()"
     assert runs["fsdp"]["first_input_spec"] == "P('fsdp',)"
+    # A model on tpu: its parameters move onto the mesh once, and the eager AdamW
+    # step in device mode keeps them, and its moments, split there.
+    for a, b in zip(runs["fsdp_tpu"]["losses"], runs["eager_adam"]["losses"], strict=True):
+        assert _close(a, b, 1e-5), runs
+    assert runs["fsdp_tpu"]["first_input_spec"] == "P('fsdp',)"
+    assert runs["fsdp_tpu"]["held_specs"] == ["P('fsdp',)"] * 3
 
 
 def test_device_loader_splits_batches_over_the_mesh(checks):

@@ -48,6 +48,7 @@ from torchtpu.lower.dtypes import to_jax_dtype
 from torchtpu.lower.interpreter import RngStream, apply
 from torchtpu.metrics import _COUNTERS, bump
 from torchtpu.runtime import draw_seed, jax_scope, tpu_generator
+from torchtpu.runtime.placement import sharding_key
 
 
 class Value:
@@ -199,6 +200,9 @@ class Graph:
         self.values: list[weakref.ref] = []
         self.seeds: list[int] = []  # one per random op, drawn when it was recorded
         self.sites: dict[int, str] = {}  # node -> user's line, for indexing ops' checks
+        # Input positions of arrays on a mesh (a sharded step's state), with their
+        # shardings: the program is compiled for them, and they are part of its key.
+        self.placed: list[tuple[int, Any]] = []
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -215,18 +219,21 @@ class Graph:
         ref = self._input_ids.get(id(array))
         if ref is None:
             self.inputs.append(array)
-            self.input_specs.append(jax.ShapeDtypeStruct(array.shape, array.dtype))
+            self.input_specs.append(self._array_spec(array))
             ref = self._input_ids[id(array)] = -len(self.inputs)
         return ref
+
+    def _array_spec(self, array: jax.Array) -> jax.ShapeDtypeStruct:
+        sharding = sharding_key(array)
+        if sharding is None:
+            return jax.ShapeDtypeStruct(array.shape, array.dtype)
+        self.placed.append((len(self.inputs) - 1, sharding))
+        return jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=sharding)
 
     def add_input(self, value: Any) -> int:
         """A new input slot for ``value`` (an array or a scalar), never shared."""
         self.inputs.append(value)
-        spec = (
-            jax.ShapeDtypeStruct(value.shape, value.dtype)
-            if isinstance(value, jax.Array)
-            else scalar_spec(value)
-        )
+        spec = self._array_spec(value) if isinstance(value, jax.Array) else scalar_spec(value)
         self.input_specs.append(spec)
         return -len(self.inputs)
 
@@ -420,6 +427,8 @@ def sync(reason: str = "explicit") -> None:
         return
     donate = _donatable(graph.inputs, live)
     key = ("fused", tuple(graph.keys), tuple(slots), donate, options().check_bounds)
+    if graph.placed:
+        key += (tuple(graph.placed),)
     with jax_scope():
         program = CACHE.get(key)
         if program is None:

@@ -59,7 +59,7 @@ from torchtpu.lower.ops.collective import (
 )
 from torchtpu.metrics import bump, count_fallback
 from torchtpu.runtime import from_device, jax_scope, next_seed, to_device, tpu_generator
-from torchtpu.runtime.placement import current_mesh, on_mesh, onto_mesh, sharding_key
+from torchtpu.runtime.placement import current_mesh, on_mesh, onto_mesh, put, sharding_key
 
 DEVICE_TYPE = "tpu"
 
@@ -199,8 +199,10 @@ class GraphExecutor:
                     raise self._strict_error
 
     def _placed(self, args: list[Any], strategy: Any) -> list[Any]:
-        """torch.compile's CPU tensors on the strategy's mesh: parameters as its rules
-        place them, the batch split over its data axes, the rest replicated."""
+        """torch.compile's inputs on the strategy's mesh: parameters as its rules place
+        them, the batch split over its data axes, the rest replicated. CPU tensors are
+        uploaded so; a tpu parameter moves onto the mesh itself, once (what follows,
+        the optimizer's step too, keeps it there); other tpu tensors are passed placed."""
         if not self._input_shardings:
             named = [(self.param_names[i], tuple(args[i].shape)) for i in self.param_names]
             # A graph may hold part of a model (a graph break): no rule need match here.
@@ -211,10 +213,23 @@ class GraphExecutor:
                     self._input_shardings[i] = strategy.sharding(spec)
                 elif isinstance(value, torch.Tensor):
                     self._input_shardings[i] = _input_sharding(strategy, value)
+        from torchtpu.device.tensor import device_array, set_device_array
+
         out = list(args)
         for i, value in enumerate(args):
-            if isinstance(value, torch.Tensor) and value.device.type != DEVICE_TYPE:
-                out[i] = to_device(value, self._input_shardings[i])
+            if not isinstance(value, torch.Tensor):
+                continue
+            sharding = self._input_shardings[i]
+            if value.device.type != DEVICE_TYPE:
+                out[i] = to_device(value, sharding)
+                continue
+            array = device_array(value, "compiled_input")
+            if array.sharding != sharding:
+                array = put(array, sharding)
+                if i in self.param_names:
+                    bump("reshards")
+                    set_device_array(value, array)
+            out[i] = array
         return out
 
     def _process_trace(self) -> contextlib.AbstractContextManager:
