@@ -17,7 +17,7 @@ For each model and strategy it prints:
   step on a ring, against the ideal: data parallel 2(N-1)/N x the weight
   bytes, FSDP (resharding in the backward) 3(N-1)/N x the weight bytes, tensor
   parallel 4 all-reduces of the activations per layer (2 forward, 2 backward),
-  2(N-1)/N each;
+  2(N-1)/N each, and the hybrids as those compose (see ``ideal``);
 - the time per step those collectives take on a real interconnect, as the
   planner prices them (``torchtpu.plan.model.collective_seconds``: bytes over
   the catalog's link bandwidth, per topology), for 8 and 256 chips. This is
@@ -37,6 +37,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import torch  # noqa: E402
@@ -84,14 +85,51 @@ def systems(base, batch) -> dict:
     return out
 
 
-def ideal(name: str, weights: int, activation: int, layers: int, n: int) -> float | None:
-    ring = (n - 1) / n
+def ideal(
+    name: str, weights: int, activation: int, layers: int, strategy: Any, model: Any
+) -> float | None:
+    """The bytes one device sends per step on a ring, at best, for strategy ``name``.
+
+    With ``ring(k) = (k-1)/k`` over an axis of ``k`` devices, ``W`` the weight bytes,
+    ``W_t`` one tensor-parallel group's share of them (a parameter split over the
+    ``model`` axis counts 1/t of its bytes), ``A`` the activation bytes of the whole
+    batch and ``L`` the layers:
+
+    - dp: ``2 ring(d) W``; fsdp: ``3 ring(f) W`` (gathered in the forward and again
+      in the backward, gradients reduce-scattered);
+    - tp: ``L * 4 * 2 ring(t) A`` (two all-reduces of the activations in the
+      forward, two in the backward, per layer);
+    - dp x fsdp: ``3 ring(f) W + 2 ring(d) W / f`` (each gradient shard is then
+      all-reduced across the data axis);
+    - dp x tp: ``2 ring(d) W_t + L * 4 * 2 ring(t) A / d``;
+    - fsdp x tp: ``3 ring(f) W_t + L * 4 * 2 ring(t) A / f``.
+    """
+    axes = dict(strategy.mesh.shape)
+    d, f, t = axes.get("data", 1), axes.get("fsdp", 1), axes.get("model", 1)
+
+    def ring(k: int) -> float:
+        return (k - 1) / k
+
+    def tp(a: float) -> float:
+        return layers * 4 * 2 * ring(t) * a
+
+    if t > 1:
+        named = [(n_, tuple(p.shape)) for n_, p in model.named_parameters()]
+        plan = strategy.plan(named, check=False)
+        split = {n_ for n_, _ in named if "model" in str(plan[n_].spec)}
+        w_t = sum(p.numel() * 4 / (t if n_ in split else 1) for n_, p in model.named_parameters())
     if name == "dp":
-        return 2 * ring * weights
+        return 2 * ring(d) * weights
     if name == "fsdp":
-        return 3 * ring * weights
+        return 3 * ring(f) * weights
     if name == "tp":
-        return layers * 4 * 2 * ring * activation
+        return tp(activation)
+    if name == "dp x fsdp":
+        return 3 * ring(f) * weights + 2 * ring(d) * weights / f
+    if name == "dp x tp":
+        return 2 * ring(d) * w_t + tp(activation / d)
+    if name == "fsdp x tp":
+        return 3 * ring(f) * w_t + tp(activation / f)
     return None
 
 
@@ -143,7 +181,9 @@ def measure(model_name: str, args) -> list[dict]:
                 f"{sum(1 for c in found if c.kind == k)} {k}"
                 for k in sorted({c.kind for c in found})
             )
-            row["ideal"] = ideal(name, weights, activation, layers, n) if n > 1 else None
+            row["ideal"] = (
+                ideal(name, weights, activation, layers, step.strategy, base) if n > 1 else None
+            )
             row["predicted"] = {
                 f"{c} x{k}": sum(
                     collective_seconds(

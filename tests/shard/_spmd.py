@@ -141,6 +141,27 @@ def checks() -> dict:
     out["dp_wire_over_weights"] = sum(c.wire_bytes for c in found) / weights
     out["dp_kinds"] = sorted({c.kind for c in found})
 
+    # Tensor parallel (Llama): the four all-reduces of the activations per layer that
+    # Megatron needs, no more: the q/k/v and gate/up input gradients are each summed
+    # before their one all-reduce (torchtpu/shard/reassociate.py).
+    llama = build("llama")
+    opt = torch.optim.AdamW(llama.parameters(), lr=1e-3)
+
+    def llama_step(ids):
+        loss = llama(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    tp_step = torchtpu.compile_step(llama_step, strategy=TensorParallel())
+    tp_step(torch.randint(0, VOCAB, (BATCH, SEQ)))
+    found = torchtpu.shard.collectives(tp_step.executor.programs[-1].compiled_text(), 8)
+    activation = BATCH * SEQ * llama.config.hidden_size * 4
+    megatron = llama.config.num_hidden_layers * 4 * 2 * 7 / 8 * activation
+    out["tp_wire_over_megatron"] = sum(c.wire_bytes for c in found) / megatron
+    out["tp_kinds"] = sorted({c.kind for c in found})
+
     gpt2 = build("gpt2")
     opt = torch.optim.AdamW(gpt2.parameters(), lr=1e-3)
 

@@ -60,6 +60,7 @@ from torchtpu.lower.ops.collective import (
 from torchtpu.metrics import bump, count_fallback
 from torchtpu.runtime import from_device, jax_scope, next_seed, to_device, tpu_generator
 from torchtpu.runtime.placement import current_mesh, on_mesh, onto_mesh, put, sharding_key
+from torchtpu.shard.reassociate import fuse_sums_of_products
 
 DEVICE_TYPE = "tpu"
 
@@ -107,6 +108,9 @@ class GraphExecutor:
         if input_names is not None and len(input_names) == len(self.placeholders):
             self._input_names.update(zip(self.placeholders, input_names, strict=True))
         self.output_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+        strategy = self.opts.strategy
+        if strategy is not None and strategy.mesh.size > 1:
+            fuse_sums_of_products(gm)  # one all-reduce per sum of split products
         self.eager_nodes: set[torch.fx.Node] = set()
         # Collectives between processes (DTensor, funcol, c10d under Dynamo): the
         # programs holding them are traced over the process mesh.

@@ -51,6 +51,31 @@ def mm(a, b):
     return _matmul(a, b)
 
 
+@torch.library.custom_op("torchtpu::sum_of_mm", mutates_args=())
+def sum_of_mm(lhs: list[torch.Tensor], rhs: list[torch.Tensor]) -> torch.Tensor:
+    """``sum(a @ b for a, b in zip(lhs, rhs))``, all of one shape, as one product:
+    what ``torchtpu.shard.reassociate`` makes of a sum of matrix products."""
+    return sum(a @ b for a, b in zip(lhs, rhs, strict=True))
+
+
+@sum_of_mm.register_fake
+def _(lhs: list[torch.Tensor], rhs: list[torch.Tensor]) -> torch.Tensor:
+    return lhs[0].new_empty((lhs[0].shape[0], rhs[0].shape[1]))
+
+
+@register(torch.ops.torchtpu.sum_of_mm.default)
+def sum_of_mm_lowering(lhs, rhs):
+    """One ``dot_general`` contracting the stacked products' axis and ``K`` together:
+    under a mesh that splits ``K``, the partitioner then all-reduces the sum once
+    rather than each product (XLA:CPU has no all-reduce reassociation pass)."""
+    a, b = jnp.stack(lhs), jnp.stack(rhs)
+    wide = jnp.float32 if a.dtype in LOW_PRECISION else None
+    out = lax.dot_general(
+        a, b, (((0, 2), (0, 1)), ((), ())), precision=_precision(a), preferred_element_type=wide
+    )
+    return out.astype(a.dtype)
+
+
 @register(aten.vdot.default, promote=Promote.NO_OPMATH)
 def vdot(a, b):
     return _matmul(jnp.conj(a), b)
