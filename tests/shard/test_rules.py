@@ -135,3 +135,11 @@ def test_collectives_are_read_from_hlo():
     ]
     assert found[0].wire_bytes == pytest.approx(2 * 7 / 8 * found[0].bytes)
     assert found[1].wire_bytes == pytest.approx(3 / 4 * found[1].bytes)
+
+
+def test_hlo_array_bytes_read_each_dtypes_width():
+    from torchtpu.shard.hlo import shapes_bytes
+
+    text = "(f32[8,4], bf16[2], f8e4m3fn[10], f8e5m2[3], c64[2], pred[4], s32[], token[])"
+    # fp8 types are one byte each (their names hold more digits than their width).
+    assert shapes_bytes(text) == [128, 4, 10, 3, 16, 4, 4]

@@ -27,7 +27,7 @@ _INSTRUCTION = re.compile(
     r"=\s*(?P<type>\([^()]*\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?)\s+"
     r"(?P<op>" + "|".join(_KINDS) + r")(?P<start>-start)?\("
 )
-_SHAPE = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
+_SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _GROUPS_LIST = re.compile(r"replica_groups=\{(\{[0-9,]*\})")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[([0-9,]+)\]<=")
 _PAIRS = re.compile(r"source_target_pairs=\{")
@@ -56,10 +56,11 @@ class Collective:
 def _dtype_bytes(name: str) -> int:
     if name in _BYTES:
         return _BYTES[name]
-    digits = re.sub(r"[^0-9]", "", name)
-    if not digits:
+    # The width is the first number: bf16, c64, and f8e4m3fn (8 bits, not 843).
+    width = re.match(r"[a-z]+(\d+)", name)
+    if width is None:
         return int(np.dtype(name).itemsize)
-    return max(1, int(digits) // 8)
+    return max(1, int(width.group(1)) // 8)
 
 
 def shapes_bytes(text: str) -> list[int]:
