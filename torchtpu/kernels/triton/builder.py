@@ -6,7 +6,8 @@ do not depend on the program id) instead of MLIR. Pointers are ``Value``s whose 
 element offsets into one flat buffer, named by ``buf``.
 
 Two modes. Vectorised (the default): all programs run at once under ``jax.vmap``; stores and
-atomics are recorded and applied after, as one scatter each, so a load from a buffer already
+atomics are recorded and applied after (an affine store as slices and reshapes, see
+``affine.py``, the others as one scatter each), so a load from a buffer already
 stored to, or the use of an atomic's old value, raises ``NeedsSequential``. Sequential: programs
 run one after another (``fori_loop``), the buffers are this builder's state, and stores and
 atomics apply at once, in lane order. ``predicate`` is the condition of the traced ``if``
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import triton.language as tl
 
+from torchtpu.kernels.triton import affine
 from torchtpu.kernels.triton.errors import unsupported
 
 
@@ -38,6 +40,10 @@ class Value:
     data: Any
     dtype: Any
     buf: int | None = None
+    aff: affine.Affine | None = None  # integer offsets' affine form (affine.py), if known
+    dots: tuple[Any, ...] | None = None  # (base, A, B, tiles): data is base + A @ B (K-loop)
+    tile: tuple[Any, ...] | None = None  # an affine load: (buffer, Affine, shape, terms, other)
+    cond: tuple[Any, ...] | None = None  # a mask as a conjunction of affine bounds (affine.py)
 
     def get_element_ty(self) -> Any:
         dt = self.dtype
@@ -92,6 +98,7 @@ class Record:
     values: Any
     mask: Any
     view: Any = None  # the element dtype the pointer sees, where it is not the buffer's
+    layout: affine.Layout | None = None  # distinct affine lanes: stored without a scatter
 
 
 def as_view(x: Any, dtype: Any) -> Any:
@@ -128,6 +135,10 @@ class JaxBuilder:
         self.grid_dim = grid
         self.sequential = sequential
         self.pid: tuple[Any, Any, Any] = (0, 0, 0)
+        # Vectorised mode: the flat program id (vmapped) and, per axis, its value in every
+        # program (NumPy), which start the affine forms of offsets.
+        self.flat_pid: Any = None
+        self.programs: tuple[np.ndarray, ...] | None = None
         self.records: list[Record] = []
         self.written: set[int] = set()
         self.predicate: Any = None
@@ -157,7 +168,9 @@ class JaxBuilder:
 
     # programming model
     def create_get_program_id(self, axis: int) -> Value:
-        return Value(self.pid[axis], tl.int32)
+        if self.programs is None:
+            return Value(self.pid[axis], tl.int32)
+        return Value(self.pid[axis], tl.int32, aff=affine.Affine.make(self.programs[axis], ()))
 
     def create_get_num_programs(self, axis: int) -> Value:
         return Value(np.int32(self.grid_dim[axis]), tl.int32)
@@ -174,15 +187,52 @@ class JaxBuilder:
             raise NeedsSequential("a load from a buffer the kernel already stored to")
         buf = self.buffers[ptr.buf]
         off = jnp.asarray(ptr.data)
-        got = jnp.take(buf, off, mode="clip")
+        layout = self._layout(ptr, mask)
         view = self._view(ptr)
+        dt = ptr.get_element_ty()
+        fill = _uniform(other)
+        tile = None  # what affine.dot needs to take this block from memory itself
+        terms = () if mask is None else _terms(mask)
+        if layout is not None and view is None and fill is not None and terms is not None:
+            fill = np.asarray(fill, buf.dtype)
+            tile = (ptr.buf, affine.of(ptr), tuple(np.shape(off)), terms, fill)
+        if layout is None:
+            got = jnp.take(buf, off, mode="clip")
+        elif layout.inside and view is None and fill is not None and _box_mask(mask, layout):
+            # Every lane the static mask keeps is read, the rest are `other`: the block
+            # padded with it, no select (which would stop XLA fusing the load's consumers).
+            got = affine.load(buf, off, self.flat_pid, layout, np.asarray(fill, buf.dtype))
+            return Value(got, dt, tile=tile)
+        else:
+            got = affine.load(buf, off, self.flat_pid, layout)
         if view is not None:
             got = as_view(got, view)
-        dt = ptr.get_element_ty()
         if mask is not None:
             fill = jnp.zeros((), got.dtype) if other is None else jnp.asarray(other.data, got.dtype)
-            got = jnp.where(jnp.asarray(mask.data) & (off >= 0) & (off < buf.shape[0]), got, fill)
-        return Value(got, dt)
+            ok = jnp.asarray(mask.data)
+            if layout is None or not layout.inside:
+                ok = ok & (off >= 0) & (off < buf.shape[0])
+            got = jnp.where(ok, got, fill)
+        return Value(got, dt, tile=tile)
+
+    def _layout(self, ptr: Value, mask: Any) -> affine.Layout | None:
+        """Where ``ptr``'s lanes (those a static ``mask`` may keep) are slices and reshapes of
+        its buffer, for every program at once: vectorised mode only, else None (a gather)."""
+        aff = affine.of(ptr)
+        if aff is None or self.sequential:
+            return None
+        shape = tuple(np.shape(ptr.data))
+        box = affine.box_of(None if mask is None else mask.data, shape)
+        if box is None:  # a static mask that keeps no lane: nothing is read
+            return None
+        if aff.base.ndim and self.programs is None:
+            return None
+        lo, hi = affine.bounds(aff, shape)
+        limit = 2 ** (8 * np.dtype(getattr(ptr.data, "dtype", np.int64)).itemsize - 1)
+        if lo < -limit or hi >= limit:  # the offsets wrapped: the affine form is not theirs
+            return None
+        terms = None if mask is None else mask.cond
+        return affine.plan(aff, shape, box, self.buffers[ptr.buf].shape[0], terms)
 
     def create_store(self, ptr: Value, val: Value, cache: Any) -> None:
         self.create_masked_store(ptr, val, None, cache)
@@ -219,7 +269,10 @@ class JaxBuilder:
         if self.sequential:
             self.buffers[ptr.buf] = scatter(self.buffers[ptr.buf], kind, off, vals, m, view)
         else:
-            self.records.append(Record(kind, ptr.buf, off, vals, m, view))
+            layout = self._layout(ptr, mask) if kind == "store" else None
+            if layout is not None and not layout.distinct:
+                layout = None
+            self.records.append(Record(kind, ptr.buf, off, vals, m, view, layout))
         self.written.add(ptr.buf)
 
     def create_atomic_rmw(self, op: Any, ptr: Value, val: Value, mask: Any, sem: Any, scope: Any):
@@ -289,7 +342,12 @@ class JaxBuilder:
     # casts
     def _cast(self, src: Value, dst: Any, *rest: Any) -> Value:
         xp = _xp(src.data)
-        return Value(xp.asarray(src.data).astype(np_dtype(dst)), dst.scalar)
+        dt = np_dtype(dst)
+        aff = None
+        if src.aff is not None and np.dtype(dt).kind in "iu":  # offsets widened keep their form
+            wider = np.dtype(dt).itemsize >= np.dtype(np_dtype(src.dtype)).itemsize
+            aff = src.aff if wider else affine.uniform(lambda b: b, [src], dt)
+        return Value(xp.asarray(src.data).astype(dt), dst.scalar, aff=aff)
 
     create_si_to_fp = create_ui_to_fp = create_fp_to_si = create_fp_to_ui = _cast
     create_fp_ext = create_fp_trunc = create_int_cast = create_fp_to_fp = _cast
@@ -310,7 +368,25 @@ class JaxBuilder:
             dt = lhs.dtype.scalar
             if fn in _COMPARE:
                 dt = tl.int1
-            return Value(xp.asarray(out).astype(np_dtype(dt)), dt)
+            aff = cond = None
+            signed = np.dtype(np_dtype(lhs.dtype)).kind == "i"
+            if lhs.aff is not None or rhs.aff is not None:  # a pointer's offsets being built
+                if fn in _COMPARE and signed:  # a bounds mask true (or false) everywhere: static
+                    known = affine.compare(fn, affine.of(lhs), affine.of(rhs), np.shape(out))
+                    if known is not None:
+                        return Value(np.full(np.shape(out), known), dt)
+                aff = _affine_bin(fn, lhs, rhs, np_dtype(dt))
+            if fn in _COMPARE and signed:  # `rows < M`: kept as a bound, for affine.dot
+                cond = affine.bound(fn, affine.of(lhs), affine.of(rhs), np.shape(out))
+            elif fn == "bitwise_and" and lhs.dtype.scalar == tl.int1:
+                left, right = _terms(lhs), _terms(rhs)
+                cond = None if left is None or right is None else left + right
+            if fn == "add" and (lhs.dots or rhs.dots):  # acc += tl.dot(a, b): one K-loop matmul
+                first, second = (lhs, rhs) if rhs.dots else (rhs, lhs)
+                joined = _dot_join(first.dots or (first.data, None, None, None), second.dots)
+                if joined is not None and np.shape(out) == np.shape(second.data):
+                    return self._dot_value(joined, dt)
+            return Value(xp.asarray(out).astype(np_dtype(dt)), dt, aff=aff, cond=cond)
 
         return op
 
@@ -329,7 +405,10 @@ class JaxBuilder:
 
     def create_addptr(self, ptr: Value, offset: Value) -> Value:
         xp = _xp(ptr.data, offset.data)
-        return Value(xp.add(ptr.data, offset.data), ptr.dtype, ptr.buf)
+        aff = None
+        if ptr.aff is not None or offset.aff is not None:
+            aff = affine.add(affine.of(ptr), affine.of(offset))
+        return Value(xp.add(ptr.data, offset.data), ptr.dtype, ptr.buf, aff)
 
     def create_idiv(self, lhs: Value, rhs: Value) -> Value:
         """Integer division truncating toward zero (C's, not Python's floor)."""
@@ -340,12 +419,19 @@ class JaxBuilder:
         else:
             a = jnp.asarray(lhs.data)
             q = jax.lax.div(a, jnp.asarray(rhs.data, a.dtype))
-        return Value(xp.asarray(q).astype(np_dtype(lhs.dtype)), lhs.dtype.scalar)
+        dt = np_dtype(lhs.dtype)
+        aff = None
+        if lhs.aff is not None or rhs.aff is not None:
+            aff = affine.uniform(lambda a, b: (a - np.fmod(a, b)) // b, [lhs, rhs], dt)
+        return Value(xp.asarray(q).astype(dt), lhs.dtype.scalar, aff=aff)
 
     def create_srem(self, lhs: Value, rhs: Value) -> Value:
         xp = _xp(lhs.data, rhs.data)
+        aff = None
+        if lhs.aff is not None or rhs.aff is not None:
+            aff = affine.uniform(np.fmod, [lhs, rhs], np_dtype(lhs.dtype))
         with np.errstate(divide="ignore", invalid="ignore"):
-            return Value(xp.fmod(lhs.data, rhs.data), lhs.dtype.scalar)
+            return Value(xp.fmod(lhs.data, rhs.data), lhs.dtype.scalar, aff=aff)
 
     create_urem = create_frem = create_srem
     create_sdiv = create_udiv = create_idiv
@@ -433,17 +519,27 @@ class JaxBuilder:
 
     def create_splat(self, ty: Any, arg: Value) -> Value:
         xp = _xp(arg.data)
-        return Value(xp.broadcast_to(arg.data, ty.shape), arg.dtype.scalar, arg.buf)
+        old, new = np.shape(arg.data), tuple(ty.shape)
+        aff = affine.broadcast(arg.aff, old, new)
+        cond = _map_cond(arg.cond, lambda a: affine.broadcast(a, old, new))
+        data = xp.broadcast_to(arg.data, ty.shape)
+        return Value(data, arg.dtype.scalar, arg.buf, aff, cond=cond)
 
     def create_unsplat(self, arg: Value) -> Value:
         return Value(_xp(arg.data).reshape(arg.data, ()), arg.dtype.scalar, arg.buf)
 
     def create_broadcast(self, arg: Value, shape: Any) -> Value:
         xp = _xp(arg.data)
-        return Value(xp.broadcast_to(arg.data, shape), arg.dtype.scalar, arg.buf)
+        old, new = np.shape(arg.data), tuple(shape)
+        aff = affine.broadcast(arg.aff, old, new)
+        cond = _map_cond(arg.cond, lambda a: affine.broadcast(a, old, new))
+        return Value(xp.broadcast_to(arg.data, shape), arg.dtype.scalar, arg.buf, aff, cond=cond)
 
     def create_expand_dims(self, arg: Value, axis: int) -> Value:
-        return Value(_xp(arg.data).expand_dims(arg.data, axis), arg.dtype.scalar, arg.buf)
+        aff = affine.expand_dims(arg.aff, axis, np.ndim(arg.data))
+        cond = _map_cond(arg.cond, lambda a: affine.expand_dims(a, axis, np.ndim(arg.data)))
+        data = _xp(arg.data).expand_dims(arg.data, axis)
+        return Value(data, arg.dtype.scalar, arg.buf, aff, cond=cond)
 
     def create_reshape(self, arg: Value, shape: Any, allow_reorder: bool) -> Value:
         return Value(_xp(arg.data).reshape(arg.data, shape), arg.dtype.scalar, arg.buf)
@@ -475,9 +571,143 @@ class JaxBuilder:
         return Value(counts, tl.int32)
 
     def create_dot(self, a: Value, b: Value, d: Value, precision: Any, imprecise: Any) -> Value:
-        acc = jnp.asarray(d.data)
-        out = jnp.matmul(jnp.asarray(a.data), jnp.asarray(b.data), preferred_element_type=acc.dtype)
-        return Value(out + acc, d.dtype.scalar)
+        """``d + a @ b``, accumulated in ``d``'s dtype (fp32 for fp16/bf16 inputs). A K-loop,
+        ``acc = tl.dot(a_k, b_k, acc)`` or ``acc += tl.dot(a_k, b_k)``, is one matmul over
+        every tile so far (the tiles concatenated along K; ``Value.dots``): XLA drops the
+        partial ones no op reads, so the loop is one ``dot_general``."""
+        lhs, rhs = jnp.asarray(a.data), jnp.asarray(b.data)
+        tiles = (a.tile, b.tile) if a.tile and b.tile else None
+        joined = _dot_join(d.dots, (np.zeros(()), lhs, rhs, tiles))
+        return self._dot_value(joined or (d.data, lhs, rhs, tiles), d.dtype.scalar)
+
+    def _dot_value(self, dots: tuple[Any, ...], dtype: Any) -> Value:
+        """``base + A @ B``; where A and B are whole affine loads (``tiles``), by one
+        ``dot_general`` of the blocks as they lie in memory (``affine.dot``)."""
+        base, a, b, tiles = dots
+        acc = np_dtype(dtype)
+        layouts = None
+        if tiles is not None and not self.sequential:
+            layouts = [self._tile_layout(t) for t in tiles]
+        if layouts is None or None in layouts:
+            out = jnp.matmul(a, b, preferred_element_type=acc)
+        else:
+            bufs = tuple(self.buffers[t[0]] for t in tiles)
+            masks = tuple(t[3:] for t in tiles)
+            out = affine.dot(bufs, (a, b), self.flat_pid, layouts, masks, acc)
+        if not _zero(base):
+            out = out + jnp.asarray(base, acc)
+        return Value(out, dtype, dots=dots)
+
+    def _tile_layout(self, tile: tuple[Any, ...]) -> affine.Layout | None:
+        buf, aff, shape, terms, _ = tile
+        box = tuple((0, s) for s in shape)
+        layout = affine.plan(aff, shape, box, self.buffers[buf].shape[0], terms)
+        return layout if layout is not None and (layout.inside or terms) else None
+
+
+def _uniform(other: Any) -> Any:
+    """A load's ``other`` as one static value (0 if absent), or None."""
+    if other is None:
+        return 0
+    fill = other.data
+    if not isinstance(fill, np.ndarray | np.generic) or np.unique(fill).size > 1:
+        return None
+    return np.asarray(fill).reshape(-1)[0]
+
+
+def _terms(mask: Value) -> tuple[Any, ...] | None:
+    """A mask as affine bounds (``Value.cond``); () for a static all-true mask."""
+    if mask.cond is not None:
+        return mask.cond
+    data = mask.data
+    if isinstance(data, np.ndarray | np.generic) and np.all(data):
+        return ()
+    return None
+
+
+def _map_cond(cond: Any, f: Any) -> tuple[Any, ...] | None:
+    if cond is None:
+        return None
+    out = tuple((f(a), fn) for a, fn in cond)
+    return None if any(a is None for a, _ in out) else out
+
+
+def _box_mask(mask: Any, layout: affine.Layout) -> bool:
+    """Whether ``mask`` (absent, or static) keeps exactly the lanes of ``layout``'s box:
+    then the load is the box padded with ``other``."""
+    if mask is None:
+        return True
+    if not isinstance(mask.data, np.ndarray | np.generic):
+        return False
+    keep = np.zeros(layout.shape, bool)
+    keep[tuple(slice(lo, hi) for lo, hi in layout.box)] = True
+    return bool(np.array_equal(np.broadcast_to(mask.data, layout.shape), keep))
+
+
+def _zero(x: Any) -> bool:
+    return isinstance(x, np.ndarray | np.generic) and not np.any(x)
+
+
+def _dot_join(acc: Any, part: Any) -> tuple[Any, ...] | None:
+    """``acc`` (base, A, B, tiles) plus ``part`` (a zero base, a, b, tiles) as one
+    (base, A|a, B|b, tiles), concatenated along K; None where they do not line up (then the
+    sum is computed)."""
+    if acc is None or part is None:
+        return None
+    base, a0, b0, t0 = acc
+    zero, a, b, t = part
+    if not _zero(zero):
+        return None
+    if a0 is None:
+        return base, a, b, t
+    if t0 is None or t is None:  # not affine tiles: per-tile matmuls (no copies of the tiles)
+        return None
+    rows, cols = (a0.shape[:-1], a0.dtype), (b0.shape[:-2] + b0.shape[-1:], b0.dtype)
+    if (rows, cols) != ((a.shape[:-1], a.dtype), (b.shape[:-2] + b.shape[-1:], b.dtype)):
+        return None
+    ta, tb = _tile_join(t0[0], t[0], -1), _tile_join(t0[1], t[1], -2)
+    if ta is None or tb is None:
+        return None
+    return base, jnp.concatenate([a0, a], -1), jnp.concatenate([b0, b], -2), (ta, tb)
+
+
+def _tile_join(t0: Any, t: Any, axis: int) -> tuple[Any, ...] | None:
+    """One tile of two loads adjacent along ``axis`` (the next K tile: offsets and mask
+    bounds shifted by the first tile's extent), or None."""
+    (buf0, a0, s0, terms0, fill0), (buf, a, s, terms, fill) = t0, t
+    if buf0 != buf or len(s0) != len(s) or len(terms0) != len(terms) or fill0 != fill:
+        return None
+    if s0[:axis] + s0[axis:][1:] != s[:axis] + s[axis:][1:]:
+        return None
+    pairs = [(a0, a), *((x0, x) for (x0, _), (x, _) in zip(terms0, terms, strict=True))]
+    for x0, x in pairs:
+        coef0 = x0.coef or (0,) * len(s0)
+        if coef0 != (x.coef or (0,) * len(s)):
+            return None
+        if not np.array_equal(x.base, x0.base + s0[axis] * coef0[axis]):
+            return None
+    if [fn for _, fn in terms0] != [fn for _, fn in terms]:
+        return None
+    shape = list(s0)
+    shape[axis] += s[axis]
+    return buf0, a0, tuple(shape), terms0, fill0
+
+
+def _affine_bin(fn: str, lhs: Value, rhs: Value, dtype: Any) -> affine.Affine | None:
+    """The affine form of an integer op's result: sums, differences and products by a
+    static scalar keep it; any op on per-program scalars is run over every program."""
+    if np.dtype(dtype).kind not in "iu":
+        return None
+    a, b = affine.of(lhs), affine.of(rhs)
+    if fn in ("add", "subtract"):
+        out = affine.add(a, b, 1 if fn == "add" else -1)
+    elif fn == "multiply":
+        out = affine.mul(a, b)
+    else:
+        return affine.uniform(getattr(np, fn), [lhs, rhs], dtype)
+    if out is not None and out.base.ndim:  # wrap as the device does
+        out = affine.Affine.make(out.base.astype(dtype), out.coef)
+    return out
 
 
 class _Options:

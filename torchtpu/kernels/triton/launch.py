@@ -3,7 +3,8 @@
 ``run(fn, grid, args)``: ``args`` maps each parameter to a Python value (constexprs, ints,
 floats) or a ``Buffer`` (a tensor's elements laid out by its strides, flat). The kernel body
 runs once, under ``jax.vmap`` over every program id, with Triton's own semantic over
-``JaxBuilder``; the stores it recorded are then applied as one scatter each.
+``JaxBuilder``; the stores it recorded are then applied, an affine store as slices and
+reshapes (``affine.py``), any other as one scatter.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import triton.language as tl
 from triton.language.semantic import TritonSemantic
 from triton.runtime.jit import JITFunction
 
+from torchtpu.kernels.triton import affine
 from torchtpu.kernels.triton.builder import (
     JaxBuilder,
     NeedsSequential,
     Value,
+    as_view,
     np_dtype,
     scatter,
 )
@@ -97,6 +100,23 @@ def _plan_key(fn: Any, grid3: tuple[int, ...], args: dict[str, Any]) -> Any:
     return key
 
 
+def lower(fn: Any, grid: tuple[int, ...], args: dict[str, Any]) -> jax.stages.Lowered:
+    """The vectorised program ``run(fn, grid, args)`` runs, lowered and not compiled: its
+    ``as_text()`` is the StableHLO, where an affine load or store (docs/triton.md) shows as
+    slices and reshapes and any other as a ``gather`` or ``scatter``. Raises
+    ``NeedsSequential`` for a kernel that runs its programs one after another.
+
+    Example::
+
+        text = lower(add_kernel, (4,), {"x_ptr": Buffer(x, 0, tl.float32), ...}).as_text()
+        assert "gather" not in text
+    """
+    grid3 = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+    plan = _Plan(fn, grid3, args)
+    with jax.enable_x64(True):
+        return plan.vectorised_jit.lower(tuple(args[name].data for name in plan.names))
+
+
 class _Plan:
     """One kernel traced for one grid, scalar arguments and buffer layouts: vectorised under
     ``jax.vmap`` if it can be, else sequential (decided by the first trace)."""
@@ -110,7 +130,7 @@ class _Plan:
         self.constexprs = _constexprs(fn)
         self.n = grid3[0] * grid3[1] * grid3[2]
         self.written: set[int] = set()
-        self.records: list[tuple[str, int]] = []
+        self.records: list[tuple[str, int, Any, Any]] = []
         self.vectorised_jit = jax.jit(self.vectorised)
         self.sequential_jit: Any = None
 
@@ -119,7 +139,8 @@ class _Plan:
             if self.sequential_jit is None:
                 try:
                     final = self.vectorised_jit(start)
-                    return {self.names[b]: final[b] for b in sorted(self.written)}
+                    names = [self.names[b] for b in sorted(self.written)]
+                    return dict(zip(names, final, strict=True))
                 except NeedsSequential as exc:
                     log.info(
                         "Triton kernel %s: %s; running its %d programs one after another",
@@ -149,22 +170,36 @@ class _Plan:
     def trace(self, builder: JaxBuilder, pid: Any) -> None:
         ny, nz = self.grid3[1], self.grid3[2]
         builder.pid = (pid // (ny * nz), (pid // nz) % ny, pid % nz)
+        if not builder.sequential:  # every program's id, for the affine forms of offsets
+            every = np.arange(self.n, dtype=np.int64)
+            builder.flat_pid = pid
+            builder.programs = (every // (ny * nz), (every // nz) % ny, every % nz)
         with patched_lang(TritonSemantic(builder)):
             self.body(**self.call_args())
 
     def vectorised(self, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The new contents of the buffers stored to, in order (returning the others too
+        would copy them: the inputs are not donated)."""
+
         def program(pid: Any) -> list[tuple[Any, Any, Any]]:
             builder = JaxBuilder(list(buffers), self.grid3)
             self.trace(builder, pid)
-            self.records = [(r.kind, r.buf, r.view) for r in builder.records]
+            self.records = [(r.kind, r.buf, r.view, r.layout) for r in builder.records]
             return [(r.offsets, r.values, r.mask) for r in builder.records]
 
         stacked = jax.vmap(program)(jnp.arange(self.n, dtype=jnp.int32))
         out = list(buffers)
-        for (kind, b, view), (off, vals, mask) in zip(self.records, stacked, strict=True):
-            out[b] = scatter(out[b], kind, off, vals, mask, view)
-        self.written = {b for _, b, _ in self.records}
-        return tuple(out)
+        for (kind, b, view, layout), (off, vals, mask) in zip(self.records, stacked, strict=True):
+            if layout is not None and (layout.per_program or self.n == 1):
+                if not layout.per_program:
+                    vals, mask = vals[0], mask[0]
+                target = out[b] if view is None else as_view(out[b], view)
+                new = affine.store(target, layout, vals, mask)
+                out[b] = new if view is None else as_view(new, out[b].dtype)
+            else:
+                out[b] = scatter(out[b], kind, off, vals, mask, view)
+        self.written = {b for _, b, _, _ in self.records}
+        return tuple(out[b] for b in sorted(self.written))
 
     def sequential(self, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
         def in_order(pid: Any, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
