@@ -51,7 +51,7 @@ fi
 stage "tests marked gpu"
 tests=0
 # -m gpu replaces pyproject's -m 'not slow'; -rs prints why a test skipped.
-"$py" -m pytest tests/gpu -m gpu -q -rs -p no:cacheprovider || tests=$?
+"$py" -m pytest tests/gpu tests/kernels/test_triton_native.py -m gpu -q -rs -p no:cacheprovider || tests=$?
 if ((dry)); then
     echo "dry run: without a CUDA GPU and CUDA JAX the gpu tests skip (reasons above)"
 fi

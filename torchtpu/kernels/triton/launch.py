@@ -265,6 +265,51 @@ def launch_cpu(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
         tensors[name].copy_(torch.from_numpy(np.array(data)))
 
 
+def dispatch(
+    fn: Any,
+    grid: tuple[int, ...],
+    values: dict[str, Any],
+    platform: str | None,
+    written: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``run(fn, grid, values)``, or on CUDA with ``TORCHTPU_TRITON_NATIVE=1`` the kernel's
+    own compiled code as an XLA custom call (``native.py``); a kernel the native path
+    cannot launch is translated, and the log says why. ``written``: the buffers the
+    kernel stores to, when known (else found by translating it abstractly)."""
+    from torchtpu.kernels.triton import native
+
+    if not native.use_native(fn.__name__, platform):
+        return run(fn, grid, values)
+    if written is None:
+        written = _stored_names(fn, grid, values)
+    try:
+        return native.run(fn, grid, values, written, **(options or {}))
+    except NotImplementedError as exc:
+        log.warning("Triton kernel %s: %s; running it through the translator", fn.__name__, exc)
+        return run(fn, grid, values)
+
+
+def _stored_names(fn: Any, grid: tuple[int, ...], values: dict[str, Any]) -> list[str] | None:
+    """The buffers ``fn`` stores to, from an abstract translation (``None``, every buffer,
+    when the translator cannot express the kernel)."""
+    from torchtpu.errors import TorchTPUError
+
+    names = [k for k, v in values.items() if isinstance(v, Buffer)]
+
+    def trace(*flat: Any) -> dict[str, Any]:
+        rebuilt = {
+            k: Buffer(a, values[k].offset, values[k].dtype)
+            for k, a in zip(names, flat, strict=True)
+        }
+        return run(fn, grid, {**values, **rebuilt})
+
+    try:
+        return list(jax.eval_shape(trace, *(values[k].data for k in names)))
+    except (TorchTPUError, NotImplementedError):
+        return None
+
+
 def _strided_offsets(shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
     offsets = np.zeros((), np.int64)
     for size, stride in zip(shape, strides, strict=True):
@@ -272,7 +317,9 @@ def _strided_offsets(shape: tuple[int, ...], strides: tuple[int, ...]) -> np.nda
     return offsets.reshape(-1)
 
 
-def launch_tpu(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+def launch_tpu(
+    fn: Any, grid: Any, *args: Any, options: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
     """``kernel[grid](*args)`` on tpu tensors: each tensor's value laid out by its own strides
     into a buffer, the translated kernel run on the device, stored values written back
     (through views). Nothing is copied to the host."""
@@ -304,7 +351,8 @@ def launch_tpu(fn: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
         layouts[name] = (value, idx)
     g = grid(bound.arguments) if callable(grid) else grid
     g = (g,) if isinstance(g, int) else tuple(g)
-    for name, data in run(fn, g, values).items():
+    platform = next(iter(values[next(iter(layouts))].data.devices())).platform if layouts else None
+    for name, data in dispatch(fn, g, values, platform, options=options).items():
         tensor, idx = layouts[name]
         new = data if idx is None else data[idx]
         dt.set_device_array(tensor, new.reshape(tuple(tensor.shape)))
@@ -328,14 +376,17 @@ def install() -> None:
         if warmup:
             return None
         params = set(inspect.signature(self.fn).parameters)
-        kwargs = {k: v for k, v in kwargs.items() if k in params}  # num_warps, num_stages...
-        launcher = launch_tpu if devices == {"tpu"} else launch_cpu
+        # Launch options (num_warps, num_stages) matter only to the native GPU path.
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
         if devices - {"tpu", "cpu"} or devices == {"tpu", "cpu"}:
             raise TypeError(
                 f"Triton kernel {self.__name__}: tensors on {sorted(devices)}; put every "
                 "tensor argument on one device (tpu, or the CPU)"
             )
-        return launcher(self, grid, *args, **kwargs)
+        if devices == {"tpu"}:
+            return launch_tpu(self, grid, *args, options=options, **kwargs)
+        return launch_cpu(self, grid, *args, **kwargs)
 
     run_._torchtpu = True  # type: ignore[attr-defined]
     JITFunction.run = run_
@@ -403,7 +454,10 @@ def _functional(*, node_meta: tuple[tuple, dict], **hop: Any) -> dict[str, Any]:
             layouts[name] = (array.shape, idx)
         elif name in consts:
             values[name] = consts[name]
-    stored = run(fn, tuple(hop["grid"][0]), values)
+    from torchtpu.runtime import platform_name
+
+    written = [n for n in hop["tensors_to_clone"] if n in layouts]
+    stored = dispatch(fn, tuple(hop["grid"][0]), values, platform_name(), written)
     out = {}
     for name in hop["tensors_to_clone"]:
         if name not in stored:
