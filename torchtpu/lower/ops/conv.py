@@ -1,4 +1,28 @@
-"""Convolution and pooling, with their backwards."""
+"""Convolution and pooling, with their backwards.
+
+On the CPU three kinds of 2-d convolution run as other operations, because XLA:CPU
+runs them well below its GEMM rate, some (3x3 convolutions of 2x2 outputs, 7x7
+depthwise ones) at 1-3 GFLOP/s; ``benchmarks/conv_cpu.py`` measures every kind that
+ResNet-50 and ConvNeXt use, at their shapes:
+
+- windows that do not overlap (kernel no larger than the stride, no padding: 1x1
+  convolutions of any stride, ConvNeXt's 4x4/4 patchify and 2x2/2 downsampling) are
+  one matrix product over the windows' pixels, forward and both gradients, the
+  columns made by a reshape. XLA's weight gradient of a 1x1 convolution (a
+  transposed convolution) runs at a quarter of the product's rate.
+- depthwise convolutions of stride 1 (ConvNeXt's 7x7) are sums of shifted slices
+  times per-channel weights, and their weight gradient is one batched product per
+  channel over shifted copies (:func:`_depthwise_weight_grad`).
+- other ungrouped convolutions with at most 16x16 outputs (ResNet's 3x3 after the
+  stem) are im2col: strided slices stacked into columns and one product; the input
+  gradient adds the product's columns back (col2im), the weight gradient is one
+  product with the columns.
+
+The rest (larger outputs such as the 7x7 stem's 32x32, where XLA's convolution was
+as fast or faster; other groupings; transposed convolutions) and every other
+platform keep ``lax.conv_general_dilated``, which TPU and GPU compilers handle
+natively.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +35,7 @@ from jax import lax
 
 from torchtpu.lower.ops._util import LOW_PRECISION, accum_dtype, aten, is_float
 from torchtpu.lower.registry import register
+from torchtpu.runtime import platform_name
 
 _SPATIAL = {1: "H", 2: "HW", 3: "DHW"}
 
@@ -25,7 +50,8 @@ def _expand(value, n):
     return value * n if len(value) == 1 else value
 
 
-def _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+def _args(x, w, stride, padding, dilation, output_padding):
+    """``x`` with a batch dimension, whether it had none, and the per-dimension lists."""
     n = x.ndim - 2
     unbatched = n == 0 or w.ndim - 2 != n
     if unbatched:  # conv1d/2d on an input without a batch dimension
@@ -33,6 +59,32 @@ def _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, gro
         n = x.ndim - 2
     stride, padding = _expand(stride, n), _expand(padding, n)
     dilation, output_padding = _expand(dilation, n), _expand(output_padding, n)
+    return x, unbatched, stride, padding, dilation, output_padding
+
+
+def _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    x, unbatched, stride, padding, dilation, output_padding = _args(
+        x, w, stride, padding, dilation, output_padding
+    )
+    form = _cpu_form(x, w, stride, padding, dilation, transposed, groups)
+    if form == "windows":
+        out = _windows_conv(x, w, stride)
+    elif form == "depthwise":
+        out = _depthwise_conv(x, w, padding, dilation)
+    elif form == "im2col":
+        out = _im2col_conv(x, w, stride, padding, dilation)
+    else:
+        out = _xla_conv(x, w, stride, padding, dilation, transposed, output_padding, groups)
+    n = x.ndim - 2
+    if bias is not None:
+        out = out + bias.reshape((1, -1) + (1,) * n)
+    out = out.astype(x.dtype)
+    return out[0] if unbatched else out
+
+
+def _xla_conv(x, w, stride, padding, dilation, transposed, output_padding, groups):
+    """``lax.conv_general_dilated`` of a batched ``x``, in float32 for low precision."""
+    n = x.ndim - 2
     precision = lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
     # bfloat16 and float16 products accumulate in float32 and the bias is added
     # there, rounding once at the end as PyTorch's kernels do; the inputs stay
@@ -71,10 +123,7 @@ def _conv(x, w, bias, stride, padding, dilation, transposed, output_padding, gro
             precision=precision,
             preferred_element_type=acc,
         )
-    if bias is not None:
-        out = out + bias.reshape((1, -1) + (1,) * n)
-    out = out.astype(x.dtype)
-    return out[0] if unbatched else out
+    return out
 
 
 @register(aten.convolution.default)
@@ -96,11 +145,9 @@ def convolution_backward(
     groups,
     output_mask,
 ):
-    def f(x_, w_):
-        return _conv(x_, w_, None, stride, padding, dilation, transposed, output_padding, groups)
-
-    _, vjp = jax.vjp(f, x, w)
-    dx, dw = vjp(grad.astype(x.dtype))
+    dx, dw = _conv_grads(
+        grad, x, w, stride, padding, dilation, transposed, output_padding, groups, output_mask
+    )
     axes = (0,) + tuple(range(2, grad.ndim))
     db = jnp.sum(grad.astype(accum_dtype(grad)), axis=axes).astype(grad.dtype)
     return (
@@ -108,6 +155,225 @@ def convolution_backward(
         dw if output_mask[1] else None,
         db if output_mask[2] else None,
     )
+
+
+def _conv_grads(grad, x, w, stride, padding, dilation, transposed, output_padding, groups, mask):
+    """The input and weight gradients, by the CPU's forms where they apply (each
+    computed only if ``mask`` asks for it), else by ``jax.vjp`` of the forward."""
+    xb, unbatched, stride_, padding_, dilation_, _ = _args(
+        x, w, stride, padding, dilation, output_padding
+    )
+    form = _cpu_form(xb, w, stride_, padding_, dilation_, transposed, groups)
+    if form is None:
+
+        def f(x_, w_):
+            return _conv(
+                x_, w_, None, stride, padding, dilation, transposed, output_padding, groups
+            )
+
+        _, vjp = jax.vjp(f, x, w)
+        return vjp(grad.astype(x.dtype))
+    g = grad[None] if unbatched else grad
+    if form == "windows":
+        dx = _windows_input_grad(g, xb.shape, w, stride_) if mask[0] else None
+        dw = _windows_weight_grad(g, xb, w.shape, stride_) if mask[1] else None
+    elif form == "depthwise":
+        dx = _depthwise_input_grad(g, xb.shape, w, padding_, dilation_) if mask[0] else None
+        dw = _depthwise_weight_grad(g, xb, w.shape, padding_, dilation_) if mask[1] else None
+    else:
+        geometry = (stride_, padding_, dilation_)
+        dx = _im2col_input_grad(g, xb.shape, w, *geometry) if mask[0] else None
+        dw = _im2col_weight_grad(g, xb, w.shape, *geometry) if mask[1] else None
+    if dx is not None:
+        dx = dx.astype(x.dtype)
+        dx = dx[0] if unbatched else dx
+    return dx, None if dw is None else dw.astype(w.dtype)
+
+
+# --- the CPU's formulations (see the module's docstring) -------------------------------
+
+
+def _cpu_form(x, w, stride, padding, dilation, transposed, groups):
+    """``"windows"``, ``"depthwise"``, ``"im2col"`` or None (XLA's convolution) for a
+    batched 2-d convolution traced for the CPU (see the module's docstring)."""
+    if transposed or x.ndim != 4 or x.size == 0 or w.size == 0 or platform_name() != "cpu":
+        return None
+    kernel = w.shape[2:]
+    no_padding = all(p == 0 for p in padding)
+    if groups == 1 and no_padding and all(k <= s for k, s in zip(kernel, stride, strict=True)):
+        if all(k == 1 or d == 1 for k, d in zip(kernel, dilation, strict=True)):
+            return "windows"
+    if groups == x.shape[1] == w.shape[0] and w.shape[1] == 1 and all(s == 1 for s in stride):
+        return "depthwise"
+    # Up to 16x16 outputs, im2col was faster; at the stem's 32x32, XLA's convolution.
+    if groups == 1 and math.prod(_out_size(x.shape, kernel, stride, padding, dilation)) <= 256:
+        return "im2col"
+    return None
+
+
+def _dot(a, b, contract, batch=((), ())):
+    """``dot_general`` at full float32 precision, low precision accumulated in float32."""
+    low = a.dtype in LOW_PRECISION
+    return lax.dot_general(
+        a,
+        b,
+        (contract, batch),
+        precision=None if low else lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32 if low else None,
+    )
+
+
+def _resize(x, sizes):
+    """Crop or zero-extend the trailing two dimensions of ``x`` at their high ends."""
+    pads = [(0, 0, 0)] * (x.ndim - 2) + [
+        (0, t - s, 0) for s, t in zip(x.shape[-2:], sizes, strict=True)
+    ]
+    return lax.pad(x, jnp.zeros((), x.dtype), pads)
+
+
+def _window_geometry(shape, kernel, stride):
+    (n, c, h, w), (kh, kw), (sh, sw) = shape, kernel, stride
+    return n, c, (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
+def _columns(x, kernel, stride):
+    """The (C*kh*kw, N*Ho*Wo) columns of windows that do not overlap (kernel <= stride)."""
+    n, c, ho, wo = _window_geometry(x.shape, kernel, stride)
+    (kh, kw), (sh, sw) = kernel, stride
+    x = _resize(x, (ho * sh, wo * sw)).reshape(n, c, ho, sh, wo, sw)[:, :, :, :kh, :, :kw]
+    return jnp.transpose(x, (1, 3, 5, 0, 2, 4)).reshape(c * kh * kw, n * ho * wo)
+
+
+def _rows(g):
+    """(N, O, Ho, Wo) -> (O, N*Ho*Wo), the layout of :func:`_columns`'s products."""
+    return jnp.transpose(g, (1, 0, 2, 3)).reshape(g.shape[1], -1)
+
+
+def _windows_conv(x, w, stride):
+    n, _, ho, wo = _window_geometry(x.shape, w.shape[2:], stride)
+    out = _dot(w.reshape(w.shape[0], -1), _columns(x, w.shape[2:], stride), ((1,), (0,)))
+    return jnp.transpose(out.reshape(-1, n, ho, wo), (1, 0, 2, 3))
+
+
+def _windows_input_grad(g, x_shape, w, stride):
+    n, c, ho, wo = _window_geometry(x_shape, w.shape[2:], stride)
+    (kh, kw), (sh, sw) = w.shape[2:], stride
+    cols = _dot(w.reshape(w.shape[0], -1), _rows(g.astype(w.dtype)), ((0,), (0,)))
+    dx = jnp.transpose(cols.reshape(c, kh, kw, n, ho, wo), (3, 0, 4, 1, 5, 2))
+    # The pixels a stride skips get zeros.
+    unread = [(0, 0, 0)] * 3 + [(0, sh - kh, 0), (0, 0, 0), (0, sw - kw, 0)]
+    dx = lax.pad(dx, jnp.zeros((), dx.dtype), unread).reshape(n, c, ho * sh, wo * sw)
+    return _resize(dx, x_shape[2:])
+
+
+def _windows_weight_grad(g, x, w_shape, stride):
+    dw = _dot(_rows(g.astype(x.dtype)), _columns(x, w_shape[2:], stride), ((1,), (1,)))
+    return dw.reshape(w_shape)
+
+
+def _out_size(shape, kernel, stride, padding, dilation):
+    return [
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, k, s, p, d in zip(shape[2:], kernel, stride, padding, dilation, strict=True)
+    ]
+
+
+def _im2col(x, kernel, stride, padding, dilation):
+    """(C*kh*kw, N*Ho*Wo): each window's pixels, one column per output position."""
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = _out_size(x.shape, kernel, stride, padding, dilation)
+    xp = jnp.pad(jnp.transpose(x, (1, 0, 2, 3)), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = [
+        xp[:, :, r : r + sh * (ho - 1) + 1 : sh, c : c + sw * (wo - 1) + 1 : sw]
+        for _, _, r, c in _taps(kernel, dilation)
+    ]
+    return jnp.stack(cols, axis=1).reshape(x.shape[1] * len(cols), -1)
+
+
+def _im2col_conv(x, w, stride, padding, dilation):
+    ho, wo = _out_size(x.shape, w.shape[2:], stride, padding, dilation)
+    cols = _im2col(x, w.shape[2:], stride, padding, dilation)
+    out = _dot(w.reshape(w.shape[0], -1), cols, ((1,), (0,)))
+    return jnp.transpose(out.reshape(-1, x.shape[0], ho, wo), (1, 0, 2, 3))
+
+
+def _im2col_input_grad(g, x_shape, w, stride, padding, dilation):
+    # The product's columns, each added back where its window read the input (col2im).
+    n, c, h, wd = x_shape
+    (sh, sw), (ph, pw), (ho, wo) = stride, padding, g.shape[2:]
+    cols = _dot(w.reshape(w.shape[0], -1), _rows(g.astype(w.dtype)), ((0,), (0,)))
+    cols = cols.reshape(c, -1, n, ho, wo)
+    dx = jnp.zeros((c, n, h, wd), cols.dtype)
+    zero = jnp.zeros((), cols.dtype)
+    for t, (_, _, r, col) in enumerate(_taps(w.shape[2:], dilation)):
+        r, col = r - ph, col - pw  # the window's first pixel in x
+        rows = (r, h - 1 - r - sh * (ho - 1), sh - 1)
+        columns = (col, wd - 1 - col - sw * (wo - 1), sw - 1)
+        dx = dx + lax.pad(cols[:, t], zero, [(0, 0, 0), (0, 0, 0), rows, columns])
+    return jnp.transpose(dx, (1, 0, 2, 3))
+
+
+def _im2col_weight_grad(g, x, w_shape, stride, padding, dilation):
+    cols = _im2col(x, w_shape[2:], stride, padding, dilation)
+    return _dot(_rows(g.astype(x.dtype)), cols, ((1,), (1,))).reshape(w_shape)
+
+
+def _taps(kernel, dilation):
+    """Each kernel tap's (row, column) offset into the padded input."""
+    (kh, kw), (dh, dw) = kernel, dilation
+    return [(i, j, i * dh, j * dw) for i in range(kh) for j in range(kw)]
+
+
+def _depthwise_conv(x, w, padding, dilation):
+    acc = accum_dtype(x)
+    (ph, pw), (kh, kw) = padding, w.shape[2:]
+    ho = x.shape[2] + 2 * ph - dilation[0] * (kh - 1)
+    wo = x.shape[3] + 2 * pw - dilation[1] * (kw - 1)
+    xp = jnp.pad(x.astype(acc), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    w = w.astype(acc)
+    out = jnp.zeros((x.shape[0], x.shape[1], ho, wo), acc)
+    for i, j, r, c in _taps(w.shape[2:], dilation):
+        out = out + xp[:, :, r : r + ho, c : c + wo] * w[None, :, 0, i, j, None, None]
+    return out
+
+
+def _depthwise_input_grad(g, x_shape, w, padding, dilation):
+    # A stride-1 convolution's input gradient is the convolution of its output
+    # gradient, padded by the kernel's reach less the padding, with the kernel
+    # flipped: slices again (summing padded pieces instead runs 5x slower).
+    acc = accum_dtype(g)
+    g, w = g.astype(acc), w.astype(acc)
+    (h, wd), (kh, kw), (dh, dw) = x_shape[2:], w.shape[2:], dilation
+    reach = [(0, 0, 0)] * 2 + [
+        (d * (k - 1) - p, d * (k - 1) - p, 0)
+        for d, k, p in zip(dilation, w.shape[2:], padding, strict=True)
+    ]
+    gp = lax.pad(g, jnp.zeros((), acc), reach)
+    dx = jnp.zeros(x_shape, acc)
+    for i, j, _, _ in _taps(w.shape[2:], dilation):
+        r, c = (kh - 1 - i) * dh, (kw - 1 - j) * dw
+        dx = dx + gp[:, :, r : r + h, c : c + wd] * w[None, :, 0, i, j, None, None]
+    return dx
+
+
+def _depthwise_weight_grad(g, x, w_shape, padding, dilation):
+    # dw[c, i, j] = sum over (n, y, z) of g[n, c, y, z] * xp[n, c, y + i*dh, z + j*dw].
+    # With g shifted right by j*dw across the padded width (kw copies) and xp shifted
+    # down by i*dh (kh copies), that is one (kh, M) x (M, kw) product per channel:
+    # kh + kw copies of the data rather than the kh*kw of a full im2col.
+    (ph, pw), (dh, dw), (kh, kw) = padding, dilation, w_shape[2:]
+    xp = jnp.pad(jnp.transpose(x, (1, 0, 2, 3)), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    gt = jnp.transpose(g.astype(x.dtype), (1, 0, 2, 3))
+    c, _, ho, wo = gt.shape
+    wp = xp.shape[3]
+    shifted_g = jnp.stack(
+        [jnp.pad(gt, ((0, 0), (0, 0), (0, 0), (j * dw, wp - wo - j * dw))) for j in range(kw)], 1
+    )
+    shifted_x = jnp.stack([xp[:, :, i * dh : i * dh + ho] for i in range(kh)], 1)
+    out = _dot(
+        shifted_x.reshape(c, kh, -1), shifted_g.reshape(c, kw, -1), ((2,), (2,)), ((0,), (0,))
+    )
+    return out.reshape(w_shape)
 
 
 # --- pooling ---------------------------------------------------------------------------
