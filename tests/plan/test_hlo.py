@@ -103,13 +103,15 @@ def test_a_real_plan_prices_each_class_and_the_local_chip_measures_their_rates()
 
     import torchtpu
 
+    # 32x32 outputs: on the CPU a convolution this large stays XLA's (smaller ones are
+    # lowered as matrix products, see torchtpu/lower/ops/conv.py).
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1),
         torch.nn.ReLU(),
         torch.nn.Flatten(),
-        torch.nn.Linear(8 * 8 * 8, 10),
+        torch.nn.Linear(8 * 32 * 32, 10),
     )
-    p = torchtpu.plan(model, torch.randn(4, 3, 8, 8), chips=["local", fake_chip()])
+    p = torchtpu.plan(model, torch.randn(4, 3, 32, 32), chips=["local", fake_chip()])
     kinds = {o.kind for o in p.workload.ops}
     assert {"conv", "other"} <= kinds
     for row in p.rows:
