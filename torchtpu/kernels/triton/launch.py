@@ -282,7 +282,12 @@ def dispatch(
     if not native.use_native(fn.__name__, platform):
         return run(fn, grid, values)
     if written is None:
-        written = _stored_names(fn, grid, values)
+        from torchtpu.errors import TorchTPUError
+
+        try:
+            written = stored_names(fn, grid, values)
+        except (TorchTPUError, NotImplementedError):
+            written = None  # every buffer: correct, each one copied
     try:
         return native.run(fn, grid, values, written, **(options or {}))
     except NotImplementedError as exc:
@@ -290,11 +295,10 @@ def dispatch(
         return run(fn, grid, values)
 
 
-def _stored_names(fn: Any, grid: tuple[int, ...], values: dict[str, Any]) -> list[str] | None:
-    """The buffers ``fn`` stores to, from an abstract translation (``None``, every buffer,
-    when the translator cannot express the kernel)."""
-    from torchtpu.errors import TorchTPUError
-
+def stored_names(fn: Any, grid: tuple[int, ...], values: dict[str, Any]) -> list[str]:
+    """The buffers ``fn`` stores to (or updates atomically), found by translating it
+    abstractly (``jax.eval_shape``): the buffers' ``data`` may be ``ShapeDtypeStruct`` s.
+    Raises what the translation raises for a kernel it cannot express."""
     names = [k for k, v in values.items() if isinstance(v, Buffer)]
 
     def trace(*flat: Any) -> dict[str, Any]:
@@ -304,10 +308,7 @@ def _stored_names(fn: Any, grid: tuple[int, ...], values: dict[str, Any]) -> lis
         }
         return run(fn, grid, {**values, **rebuilt})
 
-    try:
-        return list(jax.eval_shape(trace, *(values[k].data for k in names)))
-    except (TorchTPUError, NotImplementedError):
-        return None
+    return list(jax.eval_shape(trace, *(values[k].data for k in names)))
 
 
 def _strided_offsets(shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:

@@ -207,21 +207,14 @@ def stored_arguments(hop: dict[str, Any], grid: tuple[int, ...] = (1,)) -> list[
     consts = kernel_side_table.get_constant_args(hop["constant_args_idx"])
     tensors = {k: v for k, v in hop["kwargs"].items() if isinstance(v, torch.Tensor)}
     dtypes = {k: launch._TL[str(v.dtype)] for k, v in tensors.items()}
-    specs = [
-        jax.ShapeDtypeStruct((max(t.numel(), 1),), np_dtype(dtypes[k])) for k, t in tensors.items()
-    ]
-
-    def trace(*flat: Any) -> dict[str, Any]:
-        arrays = dict(zip(tensors, flat, strict=True))
-        values: dict[str, Any] = {}
-        for name in inspect.signature(fn.fn).parameters:
-            if name in arrays:
-                values[name] = launch.Buffer(arrays[name], 0, dtypes[name])
-            elif name in consts:
-                values[name] = consts[name]
-        return launch.run(fn, grid, values)
-
-    return list(jax.eval_shape(trace, *specs))
+    values: dict[str, Any] = {}
+    for name in inspect.signature(fn.fn).parameters:
+        if name in tensors:
+            spec = jax.ShapeDtypeStruct((max(tensors[name].numel(), 1),), np_dtype(dtypes[name]))
+            values[name] = launch.Buffer(spec, 0, dtypes[name])
+        elif name in consts:
+            values[name] = consts[name]
+    return launch.stored_names(fn, grid, values)
 
 
 def _patch_mutation_analysis() -> None:
