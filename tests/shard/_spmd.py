@@ -57,14 +57,7 @@ def train(base: torch.nn.Module, strategy: object) -> dict:
     model = copy.deepcopy(base)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-    def step(ids):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        return loss
-
-    compiled = torchtpu.compile_step(step, strategy=strategy)
+    compiled = torchtpu.compile_step(_lm_step_for(model, opt), strategy=strategy)
     gen = torch.Generator().manual_seed(1)
     losses = []
     torchtpu.reset_metrics()
@@ -108,6 +101,19 @@ def _mlp() -> torch.nn.Module:
     )  # fmt: skip
 
 
+def _lm_step_for(model, opt):
+    """A language model's training step on token ids (they are the labels too)."""
+
+    def step(ids):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    return step
+
+
 def _step_for(model, opt):
     def step(x):
         loss = model(x).square().mean()
@@ -147,14 +153,7 @@ def checks() -> dict:
     llama = build("llama")
     opt = torch.optim.AdamW(llama.parameters(), lr=1e-3)
 
-    def llama_step(ids):
-        loss = llama(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        return loss
-
-    tp_step = torchtpu.compile_step(llama_step, strategy=TensorParallel())
+    tp_step = torchtpu.compile_step(_lm_step_for(llama, opt), strategy=TensorParallel())
     tp_step(torch.randint(0, VOCAB, (BATCH, SEQ)))
     found = torchtpu.shard.collectives(tp_step.executor.programs[-1].compiled_text(), 8)
     activation = BATCH * SEQ * llama.config.hidden_size * 4
@@ -165,15 +164,8 @@ def checks() -> dict:
     gpt2 = build("gpt2")
     opt = torch.optim.AdamW(gpt2.parameters(), lr=1e-3)
 
-    def lm_step(ids):
-        loss = gpt2(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        return loss
-
     strategy = FSDP(model=2)
-    step = torchtpu.compile_step(lm_step, strategy=strategy)
+    step = torchtpu.compile_step(_lm_step_for(gpt2, opt), strategy=strategy)
     step(torch.randint(0, VOCAB, (BATCH, SEQ)))
     with open(os.devnull, "w") as sink:
         description = strategy.describe(gpt2, step, file=sink)

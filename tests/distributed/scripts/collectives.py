@@ -37,6 +37,15 @@ def tpu(values, dtype=torch.float32):
     return torch.tensor(values, dtype=dtype, device="tpu")
 
 
+def train_step(run, opt, x):
+    """One SGD/AdamW step of ``run`` on ``x`` with the test's loss; the loss."""
+    loss = run(x).square().mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return loss
+
+
 x = tpu([0.0, 1.0, 2.0, 3.0]) + r
 dist.all_reduce(x)
 out["sum"] = x.cpu().tolist()
@@ -191,18 +200,11 @@ ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05)
 data = torch.arange(16.0).reshape(4, 4) / 10
 fsdp_losses, ref_losses = [], []
 for _ in range(3):
-    loss = model(data[2 * r : 2 * r + 2].to("tpu")).square().mean()
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
+    loss = train_step(model, opt, data[2 * r : 2 * r + 2].to("tpu"))
     reported = loss.detach().clone()
     dist.all_reduce(reported, op=dist.ReduceOp.AVG)
     fsdp_losses.append(reported.item())
-    ref_loss = reference(data).square().mean()
-    ref_loss.backward()
-    ref_opt.step()
-    ref_opt.zero_grad()
-    ref_losses.append(ref_loss.item())
+    ref_losses.append(train_step(reference, ref_opt, data).item())
 out["fsdp_shard_shape"] = list(model[0].weight.to_local().shape)
 out["fsdp_losses"] = fsdp_losses
 # Between steps the unsharded parameters hold no device memory, as on CUDA: no live
@@ -235,16 +237,9 @@ opt = torch.optim.SGD(model.parameters(), lr=0.1)
 ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
 tp_losses, tp_ref = [], []
 for _ in range(3):
-    loss = model(data.to("tpu")).square().mean()
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
+    loss = train_step(model, opt, data.to("tpu"))
     tp_losses.append(loss.item())
-    ref_loss = reference(data).square().mean()
-    ref_loss.backward()
-    ref_opt.step()
-    ref_opt.zero_grad()
-    tp_ref.append(ref_loss.item())
+    tp_ref.append(train_step(reference, ref_opt, data).item())
 out["tp_shard_shape"] = list(model[0].weight.to_local().shape)
 out["tp_losses"], out["tp_ref"] = tp_losses, tp_ref
 
@@ -263,16 +258,9 @@ opt = torch.optim.SGD(model.parameters(), lr=0.1, foreach=False)
 ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
 tp_losses, tp_ref = [], []
 for _ in range(3):
-    loss = compiled_model(data.to("tpu")).square().mean()
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
+    loss = train_step(compiled_model, opt, data.to("tpu"))
     tp_losses.append(loss.item())
-    ref_loss = reference(data).square().mean()
-    ref_loss.backward()
-    ref_opt.step()
-    ref_opt.zero_grad()
-    tp_ref.append(ref_loss.item())
+    tp_ref.append(train_step(reference, ref_opt, data).item())
 out["tp_compiled_losses"], out["tp_compiled_ref"] = tp_losses, tp_ref
 out["tp_compiled_graphs"] = {
     p.name: "all-reduce" in p.compiled_text()
@@ -299,14 +287,8 @@ for wrap in ("ddp", "fsdp2"):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
     for _ in range(2):
-        loss = compiled_model(data[2 * r : 2 * r + 2].to("tpu")).square().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        ref_loss = reference(data).square().mean()
-        ref_loss.backward()
-        ref_opt.step()
-        ref_opt.zero_grad()
+        train_step(compiled_model, opt, data[2 * r : 2 * r + 2].to("tpu"))
+        train_step(reference, ref_opt, data)
     full = [getattr(q, "full_tensor", lambda q=q: q)() for q in model.parameters()]
     out[f"{wrap}_compiled_max_diff"] = max(
         (a.detach().cpu() - b.detach()).abs().max().item()
@@ -337,11 +319,7 @@ step = torchtpu.compile_step(averaged_step)
 step_losses, step_ref = [], []
 for _ in range(3):
     step_losses.append(float(step(data[2 * r : 2 * r + 2])))
-    ref_loss = reference(data).square().mean()
-    ref_loss.backward()
-    ref_opt.step()
-    ref_opt.zero_grad()
-    step_ref.append(ref_loss.item())
+    step_ref.append(train_step(reference, ref_opt, data).item())
 out["step_losses"], out["step_ref"] = step_losses, step_ref
 out["step_max_diff"] = max(
     (p - q).abs().max().item()
@@ -371,11 +349,7 @@ for where in ("cpu", "tpu"):
     spmd_losses, spmd_ref = [], []
     for _ in range(3):
         spmd_losses.append(float(step(data[2 * r : 2 * r + 2].to(where))))
-        ref_loss = reference(data).square().mean()
-        ref_loss.backward()
-        ref_opt.step()
-        ref_opt.zero_grad()
-        spmd_ref.append(ref_loss.item())
+        spmd_ref.append(train_step(reference, ref_opt, data).item())
     key = "spmd" if where == "cpu" else "spmd_tpu"
     out[f"{key}_losses"], out[f"{key}_ref"] = spmd_losses, spmd_ref
     out[f"{key}_devices"] = step.strategy.mesh.devices.size
