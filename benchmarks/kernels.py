@@ -144,7 +144,11 @@ TORCH = {
     "layernorm": lambda x, w, b: torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, EPS),
     "matmul": torch.matmul,
     "dropout": lambda x: torch.nn.functional.dropout(x, P, training=True),
-    "histogram": lambda x: torch.bincount(x, minlength=BINS),
+    # Not torch.bincount: its output size depends on the data, so Dynamo leaves it to eager
+    # PyTorch (a graph break) and the row would time PyTorch's C++ bincount, not torchtpu.
+    "histogram": lambda x: torch.zeros(BINS, dtype=torch.int32, device=x.device).index_add_(
+        0, x, torch.ones_like(x)
+    ),
 }
 
 

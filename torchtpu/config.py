@@ -66,6 +66,10 @@ class Options:
     debug_nans: a program whose floating-point outputs hold a NaN or Inf is
         re-run op by op, and the first op that made one is named in a
         :class:`FloatingPointError`. Env: ``TORCHTPU_DEBUG_NANS``.
+    triton_chunk_bytes: a translated Triton launch whose programs, run all at once,
+        would make an array larger than this runs its grid in chunks of programs, each
+        under its own ``vmap`` (at most 64 chunks). Env: ``TORCHTPU_TRITON_CHUNK_BYTES``
+        (default 1 GiB).
     strategy: a :class:`torchtpu.Strategy`: ``compile_step`` (and
         ``torch.compile(..., options={"strategy": s})``) runs its programs SPMD
         over the strategy's mesh, with the parameters and batch placed by it.
@@ -106,6 +110,9 @@ class Options:
     )
     debug_nans: bool = dataclasses.field(default_factory=lambda: _env_flag("TORCHTPU_DEBUG_NANS"))
     strategy: object = None
+    triton_chunk_bytes: int = dataclasses.field(
+        default_factory=lambda: int(os.environ.get("TORCHTPU_TRITON_CHUNK_BYTES") or (1 << 30))
+    )
     cpu_keep_host_memory: bool = dataclasses.field(
         default_factory=lambda: (
             os.environ.get("TORCHTPU_CPU_KEEP_HOST_MEMORY", "1").strip()

@@ -249,9 +249,10 @@ def materialize(v: Value, reason: str) -> jax.Array:
 def to_cpu(t: torch.Tensor, reason: str) -> torch.Tensor:
     """A CPU copy of ``t``'s value, running the pending graph if it is needed."""
     v = read(t)
-    # A copy: on the CPU platform np.asarray may view the device buffer itself,
-    # which a later program may donate (and XLA reuse) while torch still reads it.
-    host = np.array(host_copy(materialize(v, reason)), copy=True)
+    # On the CPU platform the host array may view the device buffer itself, which a
+    # later program may donate (and XLA reuse) while torch still reads it: from_numpy
+    # below copies it (once).
+    host = host_copy(materialize(v, reason))
     checks.raise_pending()  # an index out of range in the program that made it
     bump("device_to_host")
     bump("device_to_host_bytes", host.nbytes)

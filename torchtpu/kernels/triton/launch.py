@@ -21,6 +21,7 @@ import triton.language as tl
 from triton.language.semantic import TritonSemantic
 from triton.runtime.jit import JITFunction
 
+from torchtpu import config
 from torchtpu.kernels.triton import affine
 from torchtpu.kernels.triton.builder import (
     JaxBuilder,
@@ -32,11 +33,12 @@ from torchtpu.kernels.triton.builder import (
 )
 from torchtpu.kernels.triton.control import transform
 from torchtpu.kernels.triton.lang import patched_lang
+from torchtpu.kernels.triton.padding import rerun
 
 
 @dataclasses.dataclass
 class Buffer:
-    data: Any  # 1-D jax array
+    data: Any  # jax array, row-major: the storage, or a contiguous tensor in its own shape
     offset: int  # the tensor's first element
     dtype: Any  # triton element dtype
 
@@ -131,7 +133,8 @@ class _Plan:
         self.n = grid3[0] * grid3[1] * grid3[2]
         self.written: set[int] = set()
         self.records: list[tuple[str, int, Any, Any]] = []
-        self.vectorised_jit = jax.jit(self.vectorised)
+        self.chunks = 1
+        self.vectorised_jit = jax.jit(self._flat(self.bounded, every=False))
         self.sequential_jit: Any = None
 
     def __call__(self, start: tuple[Any, ...]) -> dict[str, Any]:
@@ -148,7 +151,7 @@ class _Plan:
                         exc,
                         self.n,
                     )
-                    self.sequential_jit = jax.jit(self.sequential)
+                    self.sequential_jit = jax.jit(self._flat(self.sequential, every=True))
             final = self.sequential_jit(start)
         return {self.names[b]: final[b] for b in sorted(self.written)}
 
@@ -167,38 +170,77 @@ class _Plan:
                 call[name] = _scalar_arg(value)
         return call
 
-    def trace(self, builder: JaxBuilder, pid: Any) -> None:
+    def trace(self, builder: JaxBuilder, pid: Any, programs: tuple[int, int] = (0, 0)) -> None:
         ny, nz = self.grid3[1], self.grid3[2]
         builder.pid = (pid // (ny * nz), (pid // nz) % ny, pid % nz)
-        if not builder.sequential:  # every program's id, for the affine forms of offsets
-            every = np.arange(self.n, dtype=np.int64)
+        if not builder.sequential:  # each traced program's id, for the affine forms of offsets
+            every = np.arange(*programs, dtype=np.int64)
             builder.flat_pid = pid
             builder.programs = (every // (ny * nz), (every // nz) % ny, every % nz)
         with patched_lang(TritonSemantic(builder)):
             self.body(**self.call_args())
 
-    def vectorised(self, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _flat(self, f: Any, every: bool) -> Any:
+        """``f`` on the buffers flattened, its results in the buffers' own shapes (a reshape
+        inside the program is free; outside, each is a copy). ``every``: ``f`` returns every
+        buffer, else those stored to."""
+
+        def run(buffers: tuple[Any, ...]) -> tuple[Any, ...]:
+            out = f(tuple(b.reshape(-1) for b in buffers))
+            which = range(len(buffers)) if every else sorted(self.written)
+            return tuple(o.reshape(buffers[i].shape) for o, i in zip(out, which, strict=True))
+
+        return run
+
+    def bounded(self, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``vectorised`` over the whole grid, or in chunks of programs where the whole grid
+        would make an array over ``options().triton_chunk_bytes``; padded lanes left out
+        (padding.py). The trace over the whole grid decides, and is not run otherwise."""
+        closed = jax.make_jaxpr(self.vectorised)(buffers)
+        limit = config.options().triton_chunk_bytes
+        largest = _largest_batched(closed.jaxpr, self.n)
+        self.chunks = min(self.n, _MAX_CHUNKS, -(-largest // max(limit, 1)))
+        if self.chunks > 1:
+            log.info(
+                "Triton kernel %s: its %d programs at once make a %.1f MiB array; running them "
+                "in %d chunks (options().triton_chunk_bytes)",
+                self.fn.__name__,
+                self.n,
+                largest / 2**20,
+                self.chunks,
+            )
+            closed = jax.make_jaxpr(lambda b: self.vectorised(b, self.chunks))(buffers)
+        return tuple(rerun(closed, list(buffers)))
+
+    def vectorised(self, buffers: tuple[Any, ...], chunks: int = 1) -> tuple[Any, ...]:
         """The new contents of the buffers stored to, in order (returning the others too
-        would copy them: the inputs are not donated)."""
-
-        def program(pid: Any) -> list[tuple[Any, Any, Any]]:
-            builder = JaxBuilder(list(buffers), self.grid3)
-            self.trace(builder, pid)
-            self.records = [(r.kind, r.buf, r.view, r.layout) for r in builder.records]
-            return [(r.offsets, r.values, r.mask) for r in builder.records]
-
-        stacked = jax.vmap(program)(jnp.arange(self.n, dtype=jnp.int32))
+        would copy them: the inputs are not donated). The programs run under ``jax.vmap``,
+        all at once or ``chunks`` runs of them one after another; every program loads from
+        the buffers as they were before the launch."""
         out = list(buffers)
-        for (kind, b, view, layout), (off, vals, mask) in zip(self.records, stacked, strict=True):
-            if layout is not None and (layout.per_program or self.n == 1):
-                if not layout.per_program:
-                    vals, mask = vals[0], mask[0]
-                target = out[b] if view is None else as_view(out[b], view)
-                new = affine.store(target, layout, vals, mask)
-                out[b] = new if view is None else as_view(new, out[b].dtype)
-            else:
-                out[b] = scatter(out[b], kind, off, vals, mask, view)
-        self.written = {b for _, b, _, _ in self.records}
+        written: set[int] = set()
+        edges = np.linspace(0, self.n, chunks + 1).round().astype(int)
+        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+
+            def program(pid: Any, lo: int = lo, hi: int = hi) -> list[tuple[Any, Any, Any]]:
+                builder = JaxBuilder(list(buffers), self.grid3)
+                self.trace(builder, pid, (lo, hi))
+                self.records = [(r.kind, r.buf, r.view, r.layout) for r in builder.records]
+                return [(r.offsets, r.values, r.mask) for r in builder.records]
+
+            stacked = jax.vmap(program)(jnp.arange(lo, hi, dtype=jnp.int32))
+            for rec, (off, vals, mask) in zip(self.records, stacked, strict=True):
+                kind, b, view, layout = rec
+                if layout is not None and (layout.per_program or hi - lo == 1):
+                    if not layout.per_program:
+                        vals, mask = vals[0], mask[0]
+                    target = out[b] if view is None else as_view(out[b], view)
+                    new = affine.store(target, layout, vals, mask)
+                    out[b] = new if view is None else as_view(new, out[b].dtype)
+                else:
+                    out[b] = scatter(out[b], kind, off, vals, mask, view)
+            written |= {b for _, b, _, _ in self.records}
+        self.written = written
         return tuple(out[b] for b in sorted(self.written))
 
     def sequential(self, buffers: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -209,6 +251,27 @@ class _Plan:
             return tuple(builder.buffers)
 
         return jax.lax.fori_loop(0, self.n, in_order, buffers)
+
+
+_MAX_CHUNKS = 64  # each chunk is traced (and compiled) on its own: bound the program's size
+
+
+def _largest_batched(jaxpr: Any, n: int) -> int:
+    """The bytes of the largest array in ``jaxpr`` (sub-jaxprs included) with a dimension
+    of ``n``, the programs run at once: what running them in chunks makes smaller."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            shape = getattr(v.aval, "shape", ())
+            if n > 1 and n in shape:
+                size = int(np.prod(shape)) * np.dtype(v.aval.dtype).itemsize
+                largest = max(largest, size)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    largest = max(largest, _largest_batched(inner, n))
+    return largest
 
 
 def _constexprs(fn: Any) -> set[str]:
@@ -343,7 +406,7 @@ def launch_tpu(
             )
         array = dt.device_array(value, "a Triton kernel's input")
         if value.is_contiguous():
-            flat, idx = array.reshape(-1), None
+            flat, idx = array, None  # flattened inside the kernel's program
         else:
             idx = _strided_offsets(tuple(value.shape), tuple(value.stride()))
             size = int(idx.max()) + 1 if idx.size else 0
@@ -356,7 +419,9 @@ def launch_tpu(
     for name, data in dispatch(fn, g, values, platform, options=options).items():
         tensor, idx = layouts[name]
         new = data if idx is None else data[idx]
-        dt.set_device_array(tensor, new.reshape(tuple(tensor.shape)))
+        if new.shape != tuple(tensor.shape):
+            new = new.reshape(tuple(tensor.shape))
+        dt.set_device_array(tensor, new)
 
 
 def install() -> None:
