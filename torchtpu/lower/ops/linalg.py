@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import torch
 from jax import lax
+from jax.experimental.layout import Layout, with_layout_constraint
 
 from torchtpu.lower.dtypes import Promote
 from torchtpu.lower.ops._util import LOW_PRECISION, aten
 from torchtpu.lower.registry import register
+from torchtpu.runtime import platform_name
 
 _PRECISION = {
     "highest": lax.Precision.HIGHEST,
@@ -29,11 +31,32 @@ def _precision(x):
     return None
 
 
+def row_major(x):
+    """``x``, as an operand of a low-precision product on the CPU, laid out row-major.
+
+    XLA makes a transpose free by giving its result a column-major layout, so a product
+    whose operand is a transpose is done with that operand's other dimension contracted:
+    the left one's first (a weight gradient, ``x.T @ grad``) or the right one's last
+    (``x @ w.T``: ``nn.Linear``, and every input gradient). XLA:CPU's bfloat16 dot kernels
+    (YNNPACK) take ``[M, K] @ [K, N]`` only, and run any other form by converting both
+    operands to float32 first, at half the speed (2048x512x1536: 350 against 760 GFLOP/s).
+    A row-major layout constraint on ``a @ b``'s operands makes each transpose a copy
+    instead, and the product one of the fast form. Only bfloat16 and float16 operands: in
+    float32 the copies cost more than they gain (gpt2-small's ``compile_step`` took 0.257 s
+    a step with them on the left operand, 0.237 s without). Elsewhere than the CPU the
+    operand is left as it is (TPU and GPU compilers choose their own layouts).
+    """
+    if x.ndim < 2 or x.dtype not in LOW_PRECISION or platform_name() != "cpu":
+        return x
+    return with_layout_constraint(x, Layout(major_to_minor=tuple(range(x.ndim))))
+
+
 def _matmul(a, b, keep_wide=False):
     """``a @ b``; bfloat16 and float16 accumulate in float32 and, unless
     ``keep_wide``, round once at the end, as PyTorch's kernels do."""
     if jnp.issubdtype(a.dtype, jnp.integer) or a.dtype == jnp.bool_:
         return jnp.matmul(a, b)
+    a, b = row_major(a), row_major(b)
     wide = jnp.float32 if a.dtype in LOW_PRECISION else None
     out = jnp.matmul(a, b, precision=_precision(a), preferred_element_type=wide)
     return out if keep_wide else out.astype(a.dtype)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.modules.linear_cross_entropy  # noqa: F401  (defines the torch_nn ops)
 
 from torchtpu.lower.ops._util import accum_dtype, aten, canon_dim, jdtype
+from torchtpu.lower.ops.linalg import row_major
 from torchtpu.lower.registry import register
 
 _lce = torch.ops.torch_nn
@@ -184,7 +185,11 @@ def _attention(q, k, v, attn_mask, is_causal, scale):
         rep = q.shape[-3] // k.shape[-3]
         k, v = jnp.repeat(k, rep, axis=-3), jnp.repeat(v, rep, axis=-3)
     acc = accum_dtype(q)
-    logits = jnp.einsum("...qd,...kd->...qk", q.astype(acc), k.astype(acc)) * scale
+    if k.dtype == q.dtype:  # low-precision products are exact in float32: no upcast needed
+        kt = row_major(jnp.swapaxes(k, -1, -2))  # [.., d, k]: XLA:CPU's fast bf16 form
+        logits = jnp.matmul(row_major(q), kt, preferred_element_type=acc) * scale
+    else:
+        logits = jnp.einsum("...qd,...kd->...qk", q.astype(acc), k.astype(acc)) * scale
     if is_causal:
         lq, lk = q.shape[-2], k.shape[-2]
         causal = jnp.tril(jnp.ones((lq, lk), jnp.bool_))
