@@ -29,6 +29,8 @@ def _fresh() -> dict[str, Any]:
         "device_to_host_bytes": 0,
         "persistent_cache_hits": 0,
         "persistent_cache_misses": 0,
+        "graph_cache_hits": 0,
+        "graph_cache_misses": 0,
         "syncs": collections.Counter(),
         "fused_compiles": 0,
         "fused_cache_hits": 0,
@@ -75,7 +77,9 @@ def metrics() -> dict[str, Any]:
     ``host_to_device`` / ``host_to_device_bytes`` (tensors uploaded),
     ``resident_hits`` (inputs already on the device) and ``device_to_host``;
     ``persistent_cache_hits`` / ``persistent_cache_misses`` (programs found
-    in, or added to, the on-disk compilation cache).
+    in, or added to, the on-disk compilation cache); ``graph_cache_hits`` /
+    ``graph_cache_misses`` (``compile_step`` graphs functionalized before, found on
+    disk by their traced step, or not: ``torchtpu/train/graph_cache.py``).
 
     Device mode (tensors on ``"tpu"``): ``syncs`` (reason -> times the
     recorded graph was run: ``item``, ``to_cpu``, ``print``, ``explicit``,

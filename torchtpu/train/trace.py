@@ -32,8 +32,8 @@ from torch.utils import _pytree as pytree
 
 from torchtpu.decompose import decomposition_table
 from torchtpu.errors import TorchTPUError
+from torchtpu.train import graph_cache, remat
 from torchtpu.train import precision as mixed
-from torchtpu.train import remat
 from torchtpu.train.state import StateStore
 
 
@@ -120,12 +120,18 @@ def trace_step(
     try:
         with _compiling(), _no_scheduler_steps():
             first = make_fx(step_graph, tracing_mode="fake", decomposition_table=table)(*example)
-            plain = [t.detach() for t in example]
-            functional = make_fx(
-                torch.func.functionalize(first, remove="mutations_and_views"),
-                tracing_mode="fake",
-                decomposition_table=table,
-            )(*plain)
+            entry = graph_cache.key(first, example)
+            functional = graph_cache.load(entry) if entry is not None else None
+            if functional is None:
+                plain = [t.detach() for t in example]
+                functional = make_fx(
+                    torch.func.functionalize(first, remove="mutations_and_views"),
+                    tracing_mode="fake",
+                    decomposition_table=table,
+                )(*plain)
+                _strip_side_effects(functional)
+                if entry is not None:
+                    graph_cache.store(entry, functional)
     finally:
         leaked = [p for p in layout.params if isinstance(p.grad, FakeTensor)]
         for p in leaked:
@@ -136,7 +142,6 @@ def trace_step(
             "through a model or optimizer it could see (e.g. a tensor captured as a default "
             "argument). Reach parameters through an nn.Module, or pass models=[...]."
         )
-    _strip_side_effects(functional)
     return functional, out_box[-1]
 
 
