@@ -37,6 +37,7 @@ BATCH = 16
 # name: (C, H=W, O, kernel, stride, padding, groups), the models' layers at 64x64 input
 KINDS = {
     "stem 7x7/2": (3, 64, 64, 7, 2, 3, 1),
+    "stem 7x7/2 3->32": (3, 64, 32, 7, 2, 3, 1),  # the small ResNet of train_step.py
     "1x1 64->256 16x16": (64, 16, 256, 1, 1, 0, 1),
     "1x1 256->64 16x16": (256, 16, 64, 1, 1, 0, 1),
     "1x1 256->1024 4x4": (256, 4, 1024, 1, 1, 0, 1),

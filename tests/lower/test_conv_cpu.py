@@ -148,3 +148,45 @@ def test_unbatched_input():
     got.sum().backward()
     torch.testing.assert_close(x.grad, grads[0])
     torch.testing.assert_close(w.grad, grads[1])
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding, dilation, ceil_mode",
+    [
+        ((2, 3, 9, 11), 3, 2, 1, 1, False),  # ResNet's stem pool, odd sizes
+        ((2, 3, 10, 10), 3, 2, 1, 1, True),
+        ((1, 2, 8, 8), 2, 2, 0, 1, False),
+        ((2, 4, 12, 12), 3, 1, 1, 2, False),
+        ((1, 1, 7, 7), 3, 3, 1, 1, True),
+    ],
+)
+def test_max_pool_by_slices_matches_pytorch(shape, kernel, stride, padding, dilation, ceil_mode):
+    """On the CPU a max pool is one strided slice per window position (no reduce-window),
+    with PyTorch's values, indices (first maximum; NaN wins) and gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    x[0, 0, 1, 1] = float("nan")
+    x[0, -1, :3, :3] = float("-inf")
+    x[-1, 0, 2, :] = 5.0  # ties: the first position wins
+    x.requires_grad_()
+
+    def f(x):
+        return torch.nn.functional.max_pool2d(
+            x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True
+        )
+
+    want, want_idx = f(x)
+    x2 = x.detach().clone().requires_grad_()
+    got, got_idx = torch.compile(f, backend="tpu", options={"strict": True})(x2)
+    assert torch.equal(got_idx, want_idx)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    g = torch.randn_like(want)
+    (want_grad,) = torch.autograd.grad(want, x, g)
+    (got_grad,) = torch.autograd.grad(got, x2, g)
+    torch.testing.assert_close(got_grad, want_grad)
+
+    pool = [[kernel] * 2, [stride] * 2, [padding] * 2, [dilation] * 2, ceil_mode]
+    lowered = jax.jit(lambda v: conv.max_pool_with_indices(v, *pool))
+    with jax.enable_x64(True):  # int64 indices, as torchtpu traces them
+        text = lowered.lower(jnp.asarray(x.detach().numpy())).as_text()
+    assert "reduce_window" not in text

@@ -26,6 +26,7 @@ natively.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -424,16 +425,35 @@ def _max_pool_with_indices(x, kernel, stride, padding, dilation, ceil_mode):
             take_b = take_b | (jnp.isnan(vb) & ~jnp.isnan(va))
         return jnp.where(take_b, vb, va), jnp.where(take_b, ib, ia)
 
+    none = jnp.array(np.iinfo(np.int64).max, jnp.int64)
+    if platform_name() == "cpu":
+        return _max_pool_by_slices(x, flat, (low, none), pick, window, strides, dil, pads)
     values, indices = lax.reduce_window(
-        (x, flat),
-        (low, jnp.array(np.iinfo(np.int64).max, jnp.int64)),
-        pick,
-        window,
-        strides,
-        pads,
-        window_dilation=dil,
+        (x, flat), (low, none), pick, window, strides, pads, window_dilation=dil
     )
     return values, indices
+
+
+def _max_pool_by_slices(x, flat, init, pick, window, strides, dil, pads):
+    """The same reduction as ``lax.reduce_window(..., pick, ...)``, as ``pick`` over one
+    strided slice of the padded input per window position. XLA:CPU runs a variadic
+    reduce-window (value and index) as a scalar loop: ResNet's 3x3/2 max pool of 16 images of
+    32x32x32 took 4.2 ms of a 28 ms training step; the slices fuse into one elementwise loop.
+    ``pick`` is a total order (larger value, then smaller index; NaN wins), so the result is
+    the same whatever order the window's elements are taken in."""
+    config = [(lo, hi, 0) for lo, hi in pads]
+    xp, ip = lax.pad(x, init[0], config), lax.pad(flat, init[1], config)
+    out = [
+        (n - d * (k - 1) - 1) // s + 1
+        for n, k, s, d in zip(xp.shape, window, strides, dil, strict=True)
+    ]
+    best = None
+    for offset in itertools.product(*[range(k) for k in window]):
+        start = [o * d for o, d in zip(offset, dil, strict=True)]
+        limit = [b + (m - 1) * s + 1 for b, m, s in zip(start, out, strides, strict=True)]
+        here = (lax.slice(xp, start, limit, strides), lax.slice(ip, start, limit, strides))
+        best = here if best is None else pick(best, here)
+    return best
 
 
 @register(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default)
