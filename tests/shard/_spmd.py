@@ -86,6 +86,21 @@ def _layer(model: torch.nn.Module) -> torch.nn.Module:
 # --- checks ---------------------------------------------------------------------------
 
 
+def _bf16_runs() -> dict:
+    """bf16-mixed AdamW steps of the MLP on one device, with FSDP and with tensor parallel:
+    the CPU's row-major layouts for bf16 products (linalg.row_major) inside SPMD programs."""
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    runs = {}
+    tp = TensorParallel(rules=[(r"0\.weight$", ("model", None)), (r"2\.weight$", (None, "model"))])
+    for key, strategy in (("one", None), ("fsdp", FSDP()), ("tp", tp)):
+        model = _mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        kw = {} if strategy is None else {"strategy": strategy}
+        step = torchtpu.compile_step(_step_for(model, opt), precision="bf16-mixed", **kw)
+        runs[key] = [float(step(x)) for _ in range(3)]
+    return runs
+
+
 def _error(fn) -> str:
     try:
         fn()
@@ -177,6 +192,7 @@ def checks() -> dict:
     out["torch_compile"] = _torch_compile()
     out["loader"] = _loader()
     out["checkpoint"] = _checkpoint()
+    out["bf16"] = _bf16_runs()
     return out
 
 

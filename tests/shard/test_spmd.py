@@ -155,3 +155,12 @@ def test_a_sharded_run_resumes_from_a_checkpoint(checks):
     for a, b in zip(ckpt["resumed"], ckpt["straight"][2:], strict=True):
         assert _close(a, b, 1e-6), ckpt
     assert ckpt["layout"] == "P('fsdp',)"  # back on the mesh, split as the strategy says
+
+
+def test_bf16_products_under_strategies(checks):
+    """bf16-mixed steps, whose products carry row-major layout constraints on the CPU,
+    train the same under FSDP and tensor parallelism as on one device."""
+    runs = checks["bf16"]
+    for key in ("fsdp", "tp"):
+        for a, b in zip(runs[key], runs["one"], strict=True):
+            assert _close(a, b, 2e-2), (key, runs)
