@@ -21,7 +21,7 @@ def _model() -> torch.nn.Module:
     )
 
 
-def _losses(scale: float = 1.0, steps: int = 3) -> list[float]:
+def _losses(scale: float | torch.Tensor = 1.0, steps: int = 3) -> list[float]:
     """A fresh model, optimizer and compile_step (as a new process would make them)."""
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -110,6 +110,16 @@ def test_only_torch_ops_and_operator_targets_resolve(cache):
         graph_cache._resolve("py:os.system")
     with pytest.raises(ValueError):
         graph_cache._resolve("builtins:eval")
+
+
+def test_tensor_constants_are_part_of_the_key(cache):
+    """A tensor the step captures (here 0-d) is a constant of the traced graph: its value
+    is in the key, and the entry stores it."""
+    first = _losses(scale=torch.tensor(0.5))
+    assert _losses(scale=torch.tensor(0.5)) == first and _counts() == (1, 1)
+    _losses(scale=torch.tensor(0.25))
+    assert _counts() == (1, 2)
+    assert len(list(cache.glob("*.safetensors"))) == 2
 
 
 def test_an_empty_cache_dir_turns_it_off(monkeypatch):

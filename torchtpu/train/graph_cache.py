@@ -79,7 +79,8 @@ def key(first: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> str | None:
         for name, value in _constants(first).items():
             digest.update(name.encode())
             digest.update(repr(_tensor_meta(value)).encode())
-            digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            raw = value.detach().cpu().contiguous().reshape(-1)  # 0-d cannot be viewed as bytes
+            digest.update(raw.view(torch.uint8).numpy().tobytes())
     except _Unsupported:
         return None
     return digest.hexdigest()
