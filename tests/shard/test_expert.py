@@ -228,19 +228,13 @@ def _train(base, key: str) -> tuple[dict, object, object]:
     import copy
 
     import torch
+    from _spmd import _lm_step_for  # the sharding tests' language-model step (tests/shard)
 
     import torchtpu
 
     model = copy.deepcopy(base)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def step(ids):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        return loss
-
+    step = _lm_step_for(model, opt)
     strategy = _strategy(key)
     compiled = torchtpu.compile_step(step, strategy=strategy)
     gen = torch.Generator().manual_seed(1)
