@@ -31,6 +31,9 @@ def _fresh() -> dict[str, Any]:
         "persistent_cache_misses": 0,
         "graph_cache_hits": 0,
         "graph_cache_misses": 0,
+        "lowered_cache_hits": 0,
+        "lowered_cache_misses": 0,
+        "lowered_cache_skips": 0,
         "syncs": collections.Counter(),
         "fused_compiles": 0,
         "fused_cache_hits": 0,
@@ -79,7 +82,11 @@ def metrics() -> dict[str, Any]:
     ``persistent_cache_hits`` / ``persistent_cache_misses`` (programs found
     in, or added to, the on-disk compilation cache); ``graph_cache_hits`` /
     ``graph_cache_misses`` (``compile_step`` graphs functionalized before, found on
-    disk by their traced step, or not: ``torchtpu/train/graph_cache.py``).
+    disk by their traced step, or not: ``torchtpu/train/graph_cache.py``);
+    ``lowered_cache_hits`` / ``lowered_cache_misses`` / ``lowered_cache_skips``
+    (``compile_step`` and ``tpu`` backend programs lowered before and loaded from
+    disk, lowered now and stored, or refused by ``jax.export`` and lowered
+    uncached: ``torchtpu/compile/lowered_cache.py``).
 
     Device mode (tensors on ``"tpu"``): ``syncs`` (reason -> times the
     recorded graph was run: ``item``, ``to_cpu``, ``print``, ``explicit``,

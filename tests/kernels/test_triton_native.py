@@ -794,6 +794,7 @@ def test_compiled_launches_dispatch_to_the_native_path(monkeypatch):
     monkeypatch.setattr(native, "use_native", lambda name, platform=None: True)
     monkeypatch.setattr(native, "run", fake_run)
     torchtpu.clear_program_cache()  # an earlier test's program for this launch is not traced
+    monkeypatch.setattr(torchtpu.options(), "cache_dir", "")  # nor its lowering on disk
     torch._dynamo.reset()
 
     @torch.compile(backend="tpu", fullgraph=True)

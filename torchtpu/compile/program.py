@@ -17,6 +17,7 @@ section of ``docs/errors.md`` that explains it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import torch
 import torch.fx
 
+from torchtpu.compile import lowered_cache
 from torchtpu.compile.partition import Segment
 from torchtpu.config import options
 from torchtpu.errors import (
@@ -41,8 +43,10 @@ from torchtpu.lower.checks import Check
 from torchtpu.lower.dtypes import to_numpy
 from torchtpu.lower.interpreter import RngStream, map_args, needs_rng, run_nodes
 from torchtpu.metrics import bump
-from torchtpu.runtime import platform_name
+from torchtpu.runtime import default_device, platform_name
 from torchtpu.runtime.placement import sharding_key
+
+log = logging.getLogger("torchtpu")
 
 
 class Program:
@@ -305,6 +309,7 @@ def lower_function(
     checks: Callable[[], list[Check]] | None = None,
     replay: Callable[[Sequence[Any], Any], None] | None = None,
     blocks: Any = None,
+    cache_key: str | None = None,
 ) -> Lowered:
     """Trace ``fn`` (a function of JAX arrays) for ``specs`` and lower it to StableHLO.
 
@@ -321,6 +326,8 @@ def lower_function(
     ``blocks``: a :class:`~torchtpu.lower.ops.collective.ProcessBlocks`: ``fn``, a
     function of this process's values returning a list, is traced as the body of a
     ``shard_map`` over the process mesh (a program with collectives between processes).
+    ``cache_key``: made through ``jax.export`` and cached on disk under this key
+    (:mod:`~torchtpu.compile.lowered_cache`): a later process loads it instead of tracing.
     """
     all_specs = list(specs)
     if uses_rng:
@@ -333,12 +340,51 @@ def lower_function(
     with warnings.catch_warnings():
         # Donation is an offer: XLA reuses the buffers it can and says so for the rest.
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-        lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*all_specs)
+        lowered = None
+        if cache_key is not None and blocks is None:
+            lowered, out_info, checks = _lower_cached(
+                fn, all_specs, donate_argnums, cache_key, out_info, checks
+            )
+        if lowered is None:
+            lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*all_specs)
     seconds = time.perf_counter() - start
     bump("trace_seconds", seconds)
     return Lowered(
         name, origin, lowered, specs, uses_rng, n_ops, out_info, seconds, checks, replay, blocks
     )
+
+
+def _lower_cached(
+    fn: Callable[..., Any],
+    specs: list[Any],
+    donate_argnums: tuple[int, ...],
+    cache_key: str,
+    out_info: Callable[[], tuple[Any, dict[int, Any]]] | None,
+    checks: Callable[[], list[Check]] | None,
+) -> tuple[Any, Any, Any]:
+    """Lower ``jax.jit(exported.call)``, the export loaded from the disk cache or made now
+    and stored; ``(None, out_info, checks)`` when ``jax.export`` refuses ``fn``. The cold
+    and the warm process lower the same module, so XLA's own cache hits on the warm one."""
+    entry = lowered_cache.load(cache_key)
+    if entry is None:
+        try:
+            exported = jax.export.export(
+                jax.jit(fn, donate_argnums=donate_argnums), platforms=(default_device().platform,)
+            )(*specs)
+        except Exception as exc:  # noqa: BLE001  (export's checks raise several types)
+            log.info("torchtpu: not caching this lowering: jax.export refused it (%s)", exc)
+            bump("lowered_cache_skips")
+            return None, out_info, checks
+        treedef, static = out_info() if out_info is not None else (None, {})
+        entry = lowered_cache.Entry(
+            exported, treedef, static, checks() if checks is not None else []
+        )
+        if treedef is not None:
+            lowered_cache.store(cache_key, entry)
+    lowered = jax.jit(entry.exported.call, donate_argnums=donate_argnums).lower(*specs)
+    if out_info is None:
+        return lowered, None, lambda: entry.checks
+    return lowered, lambda: (entry.out_treedef, dict(entry.static_outputs)), lambda: entry.checks
 
 
 def compile_function(fn: Callable[..., Any], specs: Sequence[Any], **kwargs: Any) -> Program:
@@ -436,6 +482,7 @@ def lower_segment(
     seed_shape: tuple[int, ...] = (),
     out_shardings: dict[torch.fx.Node, Any] | None = None,
     blocks: Any = None,
+    cache: bool = False,
 ) -> Lowered:
     """Trace ``segment`` with JAX for these inputs and lower it.
 
@@ -446,9 +493,21 @@ def lower_segment(
     pins some outputs (segment output nodes) to a sharding. ``blocks`` traces it
     over the process mesh (see :func:`lower_function`).
     ``donate`` lists leaf positions whose buffers XLA may reuse for outputs.
+    ``cache``: keep the lowering on disk for later processes (one device, no pinned
+    outputs; :mod:`~torchtpu.compile.lowered_cache`).
     """
     traced = SegmentFunction(segment, treedef, leaves, out_shardings)
     donated = [traced.array_pos.index(i) for i in donate if i in traced.array_pos]
+    cache_key = None
+    if cache and blocks is None and not out_shardings:
+        cache_key = lowered_cache.key(
+            fingerprint(segment),
+            traced.specs,
+            name=name,
+            donate=donated,
+            uses_rng=traced.uses_rng,
+            seed_shape=seed_shape,
+        )
     return lower_function(
         traced.fn,
         traced.specs,
@@ -465,6 +524,7 @@ def lower_segment(
         if blocks is not None
         else lambda arrays, seed: _replay(segment, traced.inputs(arrays), seed, name, origin),
         blocks=blocks,
+        cache_key=cache_key,
     )
 
 

@@ -84,8 +84,12 @@ class GraphExecutor:
         input_names: list[str] | None = None,
         out_shardings: dict[int, Any] | None = None,
         param_names: dict[int, str] | None = None,
+        cache_lowering: bool = True,
     ) -> None:
         self.gm = gm
+        # Keep the lowered programs on disk for later processes (warm starts), where
+        # options().cache_dir is set: torchtpu/compile/lowered_cache.py.
+        self.cache_lowering = cache_lowering
         # Input position -> the parameter's name in its model (torch.compile's
         # forward), which a strategy's rules place.
         self.param_names = dict(param_names or {})
@@ -380,6 +384,7 @@ class GraphExecutor:
                 origin=self._origin(segment),
                 out_shardings=self._pinned_outputs(segment),
                 blocks=blocks,
+                cache=self.cache_lowering,
             )
             CACHE.put(key, program)
         self._programs[(index, signature)] = program

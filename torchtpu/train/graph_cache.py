@@ -22,13 +22,10 @@ and ``graph_cache_misses``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import operator
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,7 @@ import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from torchtpu.compile.lowered_cache import atomic_write, code_version
 from torchtpu.config import options
 from torchtpu.metrics import bump
 
@@ -55,23 +53,12 @@ def directory() -> Path | None:
     return Path(cache_dir).expanduser() / "torchtpu-graphs"
 
 
-@functools.cache
-def _code_version() -> str:
-    """torch's version and a digest of torchtpu's own code: either changing makes new keys."""
-    digest = hashlib.sha256(torch.__version__.encode())
-    root = Path(__file__).resolve().parent.parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def key(first: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> str | None:
     """The key of the functional graph made from the first pass's ``first`` over
     ``inputs``: its code, its inputs' shapes, strides, dtypes, devices and ``requires_grad``,
     its tensor constants' bytes, and the code version. None if ``first`` holds something
     this cache does not store."""
-    digest = hashlib.sha256(f"{FORMAT}:{_code_version()}".encode())
+    digest = hashlib.sha256(f"{FORMAT}:{code_version()}".encode())
     digest.update(first.code.encode())
     for t in inputs:
         digest.update(repr(_tensor_meta(t)).encode())
@@ -122,19 +109,8 @@ def store(entry_key: str, gm: torch.fx.GraphModule) -> None:
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in constants.items()}
-        _atomic(where / f"{entry_key}.safetensors", lambda p: save_file(tensors, p))
-    _atomic(where / f"{entry_key}.json", lambda p: Path(p).write_text(json.dumps(data)))
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(where / f"{entry_key}.safetensors", lambda p: save_file(tensors, p))
+    atomic_write(where / f"{entry_key}.json", lambda p: Path(p).write_text(json.dumps(data)))
 
 
 def _constants(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
