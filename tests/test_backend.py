@@ -67,8 +67,40 @@ def test_weights_stay_on_device_until_pytorch_changes_them(monkeypatch):
         step(x).sum().backward()
     assert not params & {id(t) for t in uploaded}  # no weight re-sent
     opt.step()
+    out = step(x)
+    # On the CPU each weight's device array is the weight's own memory (a zero-copy
+    # upload): the optimizer's in-place update is already in it, so nothing is sent
+    # again, and the program sees the new weights.
+    assert not params & {id(t) for t in uploaded}
+    torch.testing.assert_close(out, model(x))
+
+
+def test_a_weight_uploaded_as_a_copy_is_sent_again_after_a_change(monkeypatch):
+    import torchtpu.runtime.transfer as transfer
+
+    uploaded = []
+    real_upload = transfer._upload
+
+    def spy(t, device, copy=False):
+        uploaded.append(t)
+        return real_upload(t, device, copy)
+
+    monkeypatch.setattr(transfer, "_upload", spy)
+    model = torch.nn.Linear(32, 32)
+    # A transposed weight is not row-major: its upload is a contiguous copy.
+    model.weight = torch.nn.Parameter(torch.randn(32, 32).t())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = compiled(model)
+    x = torch.randn(4, 32)
+    step(x).sum().backward()
+    uploaded.clear()
     step(x)
-    assert params <= {id(t) for t in uploaded}  # changed by the optimizer: sent again
+    assert not any(t is model.weight for t in uploaded)  # unchanged: not sent again
+    opt.step()
+    out = step(x)
+    assert any(t is model.weight for t in uploaded)  # changed, and a copy: sent again
+    assert any(t is model.bias for t in uploaded) is False  # the bias shares its memory
+    torch.testing.assert_close(out, model(x))
 
 
 def test_load_state_dict_refreshes_device_copy():

@@ -34,7 +34,9 @@ def test_non_contiguous_and_empty_tensors():
 
 
 def test_unchanged_tensor_is_uploaded_once_and_again_after_in_place_edit():
-    t = torch.randn(8)
+    """A tensor whose upload is a copy (not row-major) is sent again after an in-place
+    edit; one whose array is its own memory (zero-copy on the CPU) already holds it."""
+    t = torch.randn(8, 4).t()
     with jax_scope() as device:
         to_device(t, device)
         to_device(t, device)
@@ -43,6 +45,17 @@ def test_unchanged_tensor_is_uploaded_once_and_again_after_in_place_edit():
         array = to_device(t, device)
     assert torchtpu.metrics()["host_to_device"] == 2
     assert torch.equal(torch.from_dlpack(array), t)
+
+    shared = torch.randn(8)
+    with jax_scope() as device:
+        first = to_device(shared, device)
+        shared.add_(1)
+        again = to_device(shared, device)
+        assert again is first and torchtpu.metrics()["host_to_device"] == 3
+        assert torch.equal(torch.from_dlpack(again), shared)  # the edit is in it
+        shared.resize_(4)  # same memory, another shape: a new upload
+        resized = to_device(shared, device)
+        assert resized.shape == (4,) and torchtpu.metrics()["host_to_device"] == 4
 
 
 def test_residency_forgets_dead_tensors():

@@ -31,10 +31,18 @@ def _version(t: torch.Tensor) -> int | None:
 
 
 class Residency:
-    """Maps live torch tensors to the device arrays that hold their values."""
+    """Maps live torch tensors to the device arrays that hold their values.
+
+    An array that a CPU tensor was uploaded to zero-copy on the CPU platform shares the
+    tensor's memory: an in-place change of the tensor (an optimizer step, a buffer's
+    ``copy_``) is already in it, so it stays the tensor's array while the tensor keeps
+    that memory, shape, strides and dtype, and the version counter is not consulted.
+    Nothing donates such an array (the executor donates only a whole step's state), so
+    no program writes into the tensor. On a GPU the same sharing would race with
+    PyTorch's stream, so a changed CUDA tensor is uploaded again."""
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref, int | None, int, jax.Array]] = {}
+        self._entries: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -43,14 +51,21 @@ class Residency:
         entry = self._entries.get(id(t))
         if entry is None:
             return None
-        ref, version, ptr, array = entry
-        if ref() is not t or version is None or version != _version(t) or ptr != t.data_ptr():
+        ref, version, ptr, array, shared = entry
+        if ref() is not t or ptr != t.data_ptr():
+            return None
+        if shared is not None:
+            if shared != (t.shape, t.stride(), t.dtype):
+                return None
+        elif version is None or version != _version(t):
             return None
         if not _placed_on(array, device):
             return None
         return array
 
-    def remember(self, t: torch.Tensor, array: jax.Array) -> None:
+    def remember(self, t: torch.Tensor, array: jax.Array, shares_memory: bool = False) -> None:
+        """``shares_memory``: ``array`` is ``t``'s own CPU memory (a zero-copy upload on
+        the CPU platform), so it follows in-place changes of ``t``."""
         key = id(t)
         entries = self._entries
 
@@ -63,7 +78,8 @@ class Residency:
             ref = weakref.ref(t, _forget)
         except TypeError:
             return
-        entries[key] = (ref, _version(t), t.data_ptr(), array)
+        shared = (t.shape, t.stride(), t.dtype) if shares_memory else None
+        entries[key] = (ref, _version(t), t.data_ptr(), array, shared)
 
     def forget(self, t: torch.Tensor) -> None:
         """Drop ``t``'s entry (and our weak reference to it, which would stop
@@ -141,8 +157,22 @@ def to_device(t: torch.Tensor, device: jax.Device) -> jax.Array:
         bump("resident_hits")
         return array
     array = upload(t, device)
-    residency.remember(t, array)
+    residency.remember(t, array, _shares_memory(t, array))
     return array
+
+
+def _shares_memory(t: torch.Tensor, array: jax.Array) -> bool:
+    """``array`` is ``t``'s own memory on the CPU platform (see :class:`Residency`)."""
+    if t.device.type != "cpu" or not isinstance(array, jax.Array) or t.numel() == 0:
+        return False
+    if not array.is_fully_addressable or len(array.devices()) != 1:
+        return False
+    if next(iter(array.devices())).platform != "cpu":
+        return False
+    try:
+        return array.unsafe_buffer_pointer() == t.data_ptr()
+    except Exception:  # noqa: BLE001  (arrays that expose no pointer share nothing we know)
+        return False
 
 
 def host_copy(array: jax.Array) -> np.ndarray:
