@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/step_profile.py                    # four transformers, fp32
     .venv/bin/python benchmarks/step_profile.py --models gpt2-small --precision bf16
     .venv/bin/python benchmarks/step_profile.py --write            # also step_profile.md
+    .venv/bin/python benchmarks/step_profile.py --models resnet18,resnet50 --write \
+        --out benchmarks/step_profile_conv.md
 
 Each model of ``benchmarks/train_step.py`` is trained by ``compile_step`` (one XLA program
 per step), warmed up, and a few steps are traced with JAX's profiler, XLA:CPU recording one
@@ -309,6 +311,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "bf16-true"], default="fp32")
     p.add_argument("--steps", type=int, default=5, help="traced and timed steps")
     p.add_argument("--write", action="store_true", help=f"also write {OUT.name}")
+    p.add_argument("--out", type=Path, default=OUT, help="the file --write writes")
     args = p.parse_args()
     os.environ.setdefault("TORCHTPU_CACHE_DIR", tempfile.mkdtemp(prefix="step_profile_cache_"))
     gemm = peak_gemm.measure()
@@ -329,7 +332,7 @@ def main() -> None:
         print(f"\n{text}\n({time.perf_counter() - start:.0f} s)", flush=True)
         parts.append(text)
     if args.write:
-        OUT.write_text("\n\n".join(parts) + "\n")
+        args.out.write_text("\n\n".join(parts) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ steps (so that caches and the heap reach their steady state), the systems take
 turns, one step each per round, in a rotating order, so that noise on this
 shared machine hits them alike. The table gives medians and ratios to eager
 and to inductor, and is also written
-to benchmarks/results.md with the date, machine and versions.
+to benchmarks/results.md with the date, machine and versions (a "## Notes" section
+at its end, written by hand, is kept).
 
 FLOPs per step come from XLA's cost analysis of the compile_step program (the
 same arithmetic every system does). The machine's peak is measured at the start
@@ -97,6 +98,18 @@ def resnet():
     return t.ResNetForImageClassification(cfg), cfg.num_labels
 
 
+def resnet18():
+    t = _transformers()
+    cfg = t.ResNetConfig(
+        embedding_size=64,
+        hidden_sizes=[64, 128, 256, 512],
+        depths=[2, 2, 2, 2],
+        layer_type="basic",
+        num_labels=100,
+    )
+    return t.ResNetForImageClassification(cfg), cfg.num_labels
+
+
 def resnet50():
     t = _transformers()
     cfg = t.ResNetConfig(num_labels=100)  # the defaults are ResNet-50: bottleneck, 3-4-6-3
@@ -129,6 +142,7 @@ MODELS: dict[str, tuple[Callable, Callable]] = {
     "llama-small": (lambda: llama(6, 512), lambda v: lm_batch(v, 4, 128)),
     "llama-medium": (lambda: llama(12, 768), lambda v: lm_batch(v, 4, 128)),
     "resnet": (lambda: resnet(), lambda c: image_batch(c, 16, 64)),
+    "resnet18": (lambda: resnet18(), lambda c: image_batch(c, 16, 64)),
     "resnet50": (lambda: resnet50(), lambda c: image_batch(c, 16, 64)),
     "convnext-tiny": (lambda: convnext_tiny(), lambda c: image_batch(c, 16, 64)),
 }
@@ -165,15 +179,30 @@ def system_tpu_backend(model, batch, precision):
     return lambda: _run(ctx, lambda: _train_step(compiled, opt, batch))
 
 
+class _Fed:
+    """A compiled step called with its batch, as a training loop calls it: the batch is
+    the program's input (not a constant captured by the step), and ``bf16-true`` casts
+    its floating-point tensors as it does the step's other arguments."""
+
+    def __init__(self, step, batch) -> None:  # noqa: ANN001
+        self.step, self.batch = step, batch
+
+    def __call__(self):  # noqa: ANN204
+        return self.step(self.batch)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.step, name)
+
+
 def system_compile_step(model, batch, precision):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     step = torchtpu.compile_step(
-        lambda: _train_step(model, opt, batch),
+        lambda b: _train_step(model, opt, b),
         models=[model],
         optimizers=[opt],
         precision={"bf16": "bf16-mixed", "bf16-true": "bf16-true"}.get(precision, "fp32"),
     )
-    return step
+    return _Fed(step, batch)
 
 
 def system_device_mode(model, batch, precision):
@@ -457,6 +486,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     text = header + format_tables(results, peak) + "\n\n## Measured peak\n\n" + gemm.table() + "\n"
     if not args.no_write:
+        # A "## Notes" section (findings written by hand after a run) is kept.
+        old = RESULTS.read_text() if RESULTS.exists() else ""
+        if "\n## Notes" in old:
+            text += old[old.index("\n## Notes") :]
         RESULTS.write_text(text)
         print(f"\nwritten to {RESULTS}")
 

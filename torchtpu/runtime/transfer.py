@@ -4,9 +4,10 @@ Hand-over is DLPack, zero-copy where both sides share memory (CPU tensors on
 the CPU platform, CUDA tensors on a GPU). A tensor that goes to the device is
 remembered with its version counter, so parameters and buffers are uploaded
 once and again only after PyTorch changes them (an optimizer step, an in-place
-edit, ``load_state_dict``). Outputs are remembered the same way, so a tensor
-that the forward program produced and the backward program consumes never
-round-trips through the host.
+edit, ``load_state_dict``); on the CPU platform a zero-copy upload is the
+tensor's own memory, so it is not sent again at all (see :class:`Residency`).
+Outputs are remembered the same way, so a tensor that the forward program
+produced and the backward program consumes never round-trips through the host.
 """
 
 from __future__ import annotations
