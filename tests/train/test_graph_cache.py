@@ -120,6 +120,10 @@ def test_tensor_constants_are_part_of_the_key(cache):
     _losses(scale=torch.tensor(0.25))
     assert _counts() == (1, 2)
     assert len(list(cache.glob("*.safetensors"))) == 2
+    # A broadcast constant (stride 0) has no bytes view of its own.
+    broadcast = _losses(scale=torch.tensor(0.5).expand(1))
+    assert _counts() == (1, 3)
+    assert _losses(scale=torch.tensor(0.5).expand(1)) == broadcast and _counts() == (2, 3)
 
 
 def test_an_empty_cache_dir_turns_it_off(monkeypatch):

@@ -35,6 +35,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from torchtpu.compile.lowered_cache import atomic_write, code_version
 from torchtpu.config import options
+from torchtpu.lower.dtypes import to_numpy
 from torchtpu.metrics import bump
 
 log = logging.getLogger("torchtpu")
@@ -66,8 +67,8 @@ def key(first: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> str | None:
         for name, value in _constants(first).items():
             digest.update(name.encode())
             digest.update(repr(_tensor_meta(value)).encode())
-            raw = value.detach().cpu().contiguous().reshape(-1)  # 0-d cannot be viewed as bytes
-            digest.update(raw.view(torch.uint8).numpy().tobytes())
+            # numpy's bytes, in C order whatever the strides (0-d, or a broadcast's 0 stride)
+            digest.update(to_numpy(value.detach().cpu()).tobytes())
     except _Unsupported:
         return None
     return digest.hexdigest()
