@@ -44,17 +44,23 @@ def test_forward_and_backward_match_eager():
     assert torchtpu.metrics()["compiles"] == 2  # one forward, one backward program
 
 
-def test_weights_stay_on_device_until_pytorch_changes_them(monkeypatch):
+@pytest.fixture
+def uploaded(monkeypatch) -> list[torch.Tensor]:
+    """Every tensor uploaded to the device (``transfer._upload``) while the test runs."""
     import torchtpu.runtime.transfer as transfer
 
-    uploaded = []
+    seen = []
     real_upload = transfer._upload
 
     def spy(t, device, copy=False):
-        uploaded.append(t)
+        seen.append(t)
         return real_upload(t, device, copy)
 
     monkeypatch.setattr(transfer, "_upload", spy)
+    return seen
+
+
+def test_weights_stay_on_device_until_pytorch_changes_them(uploaded):
     model = torch.nn.Linear(32, 32)
     params = {id(p) for p in model.parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -75,17 +81,7 @@ def test_weights_stay_on_device_until_pytorch_changes_them(monkeypatch):
     torch.testing.assert_close(out, model(x))
 
 
-def test_a_weight_uploaded_as_a_copy_is_sent_again_after_a_change(monkeypatch):
-    import torchtpu.runtime.transfer as transfer
-
-    uploaded = []
-    real_upload = transfer._upload
-
-    def spy(t, device, copy=False):
-        uploaded.append(t)
-        return real_upload(t, device, copy)
-
-    monkeypatch.setattr(transfer, "_upload", spy)
+def test_a_weight_uploaded_as_a_copy_is_sent_again_after_a_change(uploaded):
     model = torch.nn.Linear(32, 32)
     # A transposed weight is not row-major: its upload is a contiguous copy.
     model.weight = torch.nn.Parameter(torch.randn(32, 32).t())

@@ -32,7 +32,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import torch
@@ -44,6 +44,7 @@ from torchtpu.runtime import default_device
 
 log = logging.getLogger("torchtpu")
 FORMAT = 1
+T = TypeVar("T")
 
 
 @functools.cache
@@ -73,12 +74,35 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
             os.unlink(tmp)
 
 
-def directory() -> Path | None:
-    """Where entries live (``<cache_dir>/torchtpu-lowered``), or None when caching is off."""
+def cache_subdir(name: str) -> Path | None:
+    """``<cache_dir>/<name>``, where an on-disk cache of torchtpu's keeps its entries (JAX's
+    cache reads and evicts only its own files), or None when caching is off."""
     cache_dir = options().cache_dir
     if not cache_dir:
         return None
-    return Path(cache_dir).expanduser() / "torchtpu-lowered"
+    return Path(cache_dir).expanduser() / name
+
+
+def read_entry(path: Path, decode: Callable[[], T], counter: str, what: str) -> T | None:
+    """``decode()`` of the entry whose JSON file is ``path``, counted in
+    ``{counter}_hits``; an absent entry is a miss (``{counter}_misses``), and so is a
+    damaged one, logged as "``what`` ... does not load" (the caller writes it again)."""
+    if not path.exists():
+        bump(f"{counter}_misses")
+        return None
+    try:
+        value = decode()
+    except Exception as exc:  # noqa: BLE001  (a damaged entry is a miss, written again)
+        log.warning("%s %s does not load (%s)", what, path, exc)
+        bump(f"{counter}_misses")
+        return None
+    bump(f"{counter}_hits")
+    return value
+
+
+def directory() -> Path | None:
+    """Where entries live (``<cache_dir>/torchtpu-lowered``), or None when caching is off."""
+    return cache_subdir("torchtpu-lowered")
 
 
 def key(
@@ -122,25 +146,19 @@ class Entry:
 def load(entry_key: str) -> Entry | None:
     """The entry for ``entry_key``, or None (a miss, counted)."""
     where = directory()
-    meta_path = where / f"{entry_key}.json"
-    if not meta_path.exists():
-        bump("lowered_cache_misses")
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        exported = jax.export.deserialize(bytearray((where / f"{entry_key}.jax").read_bytes()))
-        entry = Entry(
-            exported,
+
+    def decode() -> Entry:
+        meta = json.loads((where / f"{entry_key}.json").read_text())
+        return Entry(
+            jax.export.deserialize(bytearray((where / f"{entry_key}.jax").read_bytes())),
             _decode_tree(meta["out_tree"]),
             {int(i): v for i, v in meta["static_outputs"].items()},
             [Check(**c) for c in meta["checks"]],
         )
-    except Exception as exc:  # noqa: BLE001  (a damaged entry is a miss, written again)
-        log.warning("torchtpu: the cached lowering %s does not load (%s); lowering", meta_path, exc)
-        bump("lowered_cache_misses")
-        return None
-    bump("lowered_cache_hits")
-    return entry
+
+    return read_entry(
+        where / f"{entry_key}.json", decode, "lowered_cache", "torchtpu: the cached lowering"
+    )
 
 
 def store(entry_key: str, entry: Entry) -> None:

@@ -328,6 +328,8 @@ def lower_function(
     ``shard_map`` over the process mesh (a program with collectives between processes).
     ``cache_key``: made through ``jax.export`` and cached on disk under this key
     (:mod:`~torchtpu.compile.lowered_cache`): a later process loads it instead of tracing.
+    For a one-device program with ``out_info`` and ``checks``, as :func:`lower_segment`
+    gives it.
     """
     all_specs = list(specs)
     if uses_rng:
@@ -341,7 +343,7 @@ def lower_function(
         # Donation is an offer: XLA reuses the buffers it can and says so for the rest.
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         lowered = None
-        if cache_key is not None and blocks is None:
+        if cache_key is not None:
             lowered, out_info, checks = _lower_cached(
                 fn, all_specs, donate_argnums, cache_key, out_info, checks
             )
@@ -359,8 +361,8 @@ def _lower_cached(
     specs: list[Any],
     donate_argnums: tuple[int, ...],
     cache_key: str,
-    out_info: Callable[[], tuple[Any, dict[int, Any]]] | None,
-    checks: Callable[[], list[Check]] | None,
+    out_info: Callable[[], tuple[Any, dict[int, Any]]],
+    checks: Callable[[], list[Check]],
 ) -> tuple[Any, Any, Any]:
     """Lower ``jax.jit(exported.call)``, the export loaded from the disk cache or made now
     and stored; ``(None, out_info, checks)`` when ``jax.export`` refuses ``fn``. The cold
@@ -375,15 +377,9 @@ def _lower_cached(
             log.info("torchtpu: not caching this lowering: jax.export refused it (%s)", exc)
             bump("lowered_cache_skips")
             return None, out_info, checks
-        treedef, static = out_info() if out_info is not None else (None, {})
-        entry = lowered_cache.Entry(
-            exported, treedef, static, checks() if checks is not None else []
-        )
-        if treedef is not None:
-            lowered_cache.store(cache_key, entry)
+        entry = lowered_cache.Entry(exported, *out_info(), checks())
+        lowered_cache.store(cache_key, entry)
     lowered = jax.jit(entry.exported.call, donate_argnums=donate_argnums).lower(*specs)
-    if out_info is None:
-        return lowered, None, lambda: entry.checks
     return lowered, lambda: (entry.out_treedef, dict(entry.static_outputs)), lambda: entry.checks
 
 
@@ -482,7 +478,7 @@ def lower_segment(
     seed_shape: tuple[int, ...] = (),
     out_shardings: dict[torch.fx.Node, Any] | None = None,
     blocks: Any = None,
-    cache: bool = False,
+    cache_as: str | None = None,
 ) -> Lowered:
     """Trace ``segment`` with JAX for these inputs and lower it.
 
@@ -493,15 +489,16 @@ def lower_segment(
     pins some outputs (segment output nodes) to a sharding. ``blocks`` traces it
     over the process mesh (see :func:`lower_function`).
     ``donate`` lists leaf positions whose buffers XLA may reuse for outputs.
-    ``cache``: keep the lowering on disk for later processes (one device, no pinned
-    outputs; :mod:`~torchtpu.compile.lowered_cache`).
+    ``cache_as``: the segment's :func:`fingerprint`, to keep the lowering on disk under
+    for later processes (one device, no pinned outputs;
+    :mod:`~torchtpu.compile.lowered_cache`).
     """
     traced = SegmentFunction(segment, treedef, leaves, out_shardings)
     donated = [traced.array_pos.index(i) for i in donate if i in traced.array_pos]
     cache_key = None
-    if cache and blocks is None and not out_shardings:
+    if cache_as is not None and blocks is None and not out_shardings:
         cache_key = lowered_cache.key(
-            fingerprint(segment),
+            cache_as,
             traced.specs,
             name=name,
             donate=donated,

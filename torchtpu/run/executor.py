@@ -384,7 +384,7 @@ class GraphExecutor:
                 origin=self._origin(segment),
                 out_shardings=self._pinned_outputs(segment),
                 blocks=blocks,
-                cache=self.cache_lowering,
+                cache_as=self._fingerprints[index] if self.cache_lowering else None,
             )
             CACHE.put(key, program)
         self._programs[(index, signature)] = program

@@ -164,11 +164,10 @@ def to_device(t: torch.Tensor, device: jax.Device) -> jax.Array:
 
 def _shares_memory(t: torch.Tensor, array: jax.Array) -> bool:
     """``array`` is ``t``'s own memory on the CPU platform (see :class:`Residency`)."""
-    if t.device.type != "cpu" or not isinstance(array, jax.Array) or t.numel() == 0:
+    if t.device.type != "cpu" or t.numel() == 0:
         return False
-    if not array.is_fully_addressable or len(array.devices()) != 1:
-        return False
-    if next(iter(array.devices())).platform != "cpu":
+    devices = array.devices()
+    if len(devices) != 1 or next(iter(devices)).platform != "cpu":
         return False
     try:
         return array.unsafe_buffer_pointer() == t.data_ptr()

@@ -33,10 +33,8 @@ import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from torchtpu.compile.lowered_cache import atomic_write, code_version
-from torchtpu.config import options
+from torchtpu.compile.lowered_cache import atomic_write, cache_subdir, code_version, read_entry
 from torchtpu.lower.dtypes import to_numpy
-from torchtpu.metrics import bump
 
 log = logging.getLogger("torchtpu")
 FORMAT = 1
@@ -48,10 +46,7 @@ class _Unsupported(Exception):
 
 def directory() -> Path | None:
     """Where entries live, or None when caching is off."""
-    cache_dir = options().cache_dir
-    if not cache_dir:
-        return None
-    return Path(cache_dir).expanduser() / "torchtpu-graphs"
+    return cache_subdir("torchtpu-graphs")
 
 
 def key(first: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> str | None:
@@ -80,17 +75,12 @@ def load(entry_key: str) -> torch.fx.GraphModule | None:
     if where is None:
         return None
     path = where / f"{entry_key}.json"
-    if not path.exists():
-        bump("graph_cache_misses")
-        return None
-    try:
-        graph = _decode(json.loads(path.read_text()), where / f"{entry_key}.safetensors")
-    except Exception as exc:  # noqa: BLE001  (a damaged entry is a miss, written again)
-        log.warning("compile_step: the cached step graph %s does not load (%s); tracing", path, exc)
-        bump("graph_cache_misses")
-        return None
-    bump("graph_cache_hits")
-    return graph
+    return read_entry(
+        path,
+        lambda: _decode(json.loads(path.read_text()), where / f"{entry_key}.safetensors"),
+        "graph_cache",
+        "compile_step: the cached step graph",
+    )
 
 
 def store(entry_key: str, gm: torch.fx.GraphModule) -> None:
